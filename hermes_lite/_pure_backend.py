@@ -1,0 +1,160 @@
+"""The pure-Python listener backend over psycopg2, used where the C extension is not built.
+
+It follows the same contract as the C backend (see ``drain``): wait with poll() on the
+connection, the notification pipe and the wake descriptor; read input; frame every
+notification; stop reading the socket while the pipe is full.
+"""
+
+import errno
+import logging
+import os
+import select
+from typing import Optional
+
+import psycopg2
+import psycopg2.extensions
+
+from . import frames
+from .drain import DRAIN_CONNECTION_LOST, DRAIN_PIPE_CLOSED, DRAIN_TIMEOUT, DRAIN_WOKEN
+from .dsn import mask_password
+from .exceptions import ListenerConnectionError, ListenerQueryError
+
+logger = logging.getLogger(__name__)
+
+_pack_header = frames.HEADER.pack
+_NOTIFICATION = frames.KIND_NOTIFICATION
+_MAGIC = frames.MAGIC
+
+class PythonBackend:
+    """One listening connection, opened by ``connect()`` and drained by ``drain()``."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._connection: Optional[psycopg2.extensions.connection] = None
+        self._pending = bytearray()
+        self._codec = "utf-8"
+        self.error_message = ""
+        self.received = 0
+
+    def connect(self) -> None:
+        """Open the connection; raise ListenerConnectionError (password masked) on failure."""
+        try:
+            connection = psycopg2.connect(self._conninfo)
+            connection.autocommit = True
+        except psycopg2.Error as error:
+            raise ListenerConnectionError(mask_password(str(error)).strip()) from None
+
+        self._connection = connection
+        self._codec = psycopg2.extensions.encodings.get(connection.encoding, "utf-8")
+        if connection.encoding == "SQL_ASCII":
+            self._codec = "utf-8"
+
+    def execute(self, sql: str) -> None:
+        """Run one command; raise ListenerConnectionError or ListenerQueryError if it fails."""
+        connection = self._require_connection()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
+            raise ListenerConnectionError(mask_password(str(error)).strip()) from None
+        except psycopg2.Error as error:
+            raise ListenerQueryError(str(error).strip()) from None
+
+    @property
+    def backend_pid(self) -> int:
+        """The process ID of this connection's backend."""
+        return int(self._require_connection().info.backend_pid)
+
+    @property
+    def client_encoding(self) -> str:
+        """The connection's client encoding, as PostgreSQL names it (for example UTF8)."""
+        return str(self._require_connection().encoding)
+
+    def drain(self, pipe_fd: int, wake_fd: int, timeout_ms: int) -> int:
+        """Move notifications from the connection into the pipe until something needs Python.
+
+        Returns DRAIN_WOKEN when ``wake_fd`` is readable (its bytes are left for the caller),
+        DRAIN_TIMEOUT after ``timeout_ms`` without input (negative: no limit),
+        DRAIN_CONNECTION_LOST with ``error_message`` set, or DRAIN_PIPE_CLOSED. ``pipe_fd``
+        must be non-blocking.
+        """
+        connection = self._require_connection()
+        timeout: Optional[int] = None if timeout_ms < 0 else timeout_ms
+
+        # While frames wait for room in the pipe, the socket is not read: the server keeps the
+        # backlog in its notification queue, and nothing is dropped here.
+        reading = select.poll()
+        reading.register(connection.fileno(), select.POLLIN)
+        reading.register(wake_fd, select.POLLIN)
+        flushing = select.poll()
+        flushing.register(pipe_fd, select.POLLOUT)
+        flushing.register(wake_fd, select.POLLIN)
+
+        while True:
+            if self._pending:
+                events = dict(flushing.poll())
+            else:
+                events = dict(reading.poll(timeout))
+
+            if wake_fd in events:
+                return DRAIN_WOKEN
+            if not events:
+                return DRAIN_TIMEOUT
+
+            if not self._pending:
+                try:
+                    connection.poll()
+                except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
+                    self.error_message = mask_password(str(error)).strip() or "connection lost"
+                    return DRAIN_CONNECTION_LOST
+                self._frame_notifies(connection)
+
+            status = self._flush(pipe_fd)
+            if status:
+                return status
+
+    def _frame_notifies(self, connection: psycopg2.extensions.connection) -> None:
+        notifies = connection.notifies
+        if not notifies:
+            return
+
+        codec = self._codec
+        pending = self._pending
+        for notify in notifies:
+            channel = notify.channel.encode(codec, "surrogateescape")
+            payload = notify.payload.encode(codec, "surrogateescape")
+            pending += _pack_header(_MAGIC, _NOTIFICATION, 0, len(channel), 0, notify.pid, len(payload))
+            pending += channel
+            pending += payload
+        self.received += len(notifies)
+        del notifies[:]
+
+    def _flush(self, pipe_fd: int) -> int:
+        """Write pending frames until done or the pipe is full; return 0 or DRAIN_PIPE_CLOSED."""
+        pending = self._pending
+        while pending:
+            try:
+                written = os.write(pipe_fd, pending)
+            except BlockingIOError:
+                return 0
+            except OSError as error:
+                if error.errno == errno.EPIPE:
+                    return DRAIN_PIPE_CLOSED
+                raise
+            del pending[:written]
+        return 0
+
+    def close(self) -> None:
+        """Close the connection; safe to call more than once."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            connection.close()
+        except psycopg2.Error as error:
+            logger.debug("ignoring an error while closing the listening connection: %s", error)
+
+    def _require_connection(self) -> psycopg2.extensions.connection:
+        if self._connection is None:
+            raise ListenerConnectionError("the listener is not connected")
+        return self._connection

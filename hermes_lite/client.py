@@ -1,0 +1,360 @@
+"""Client: the supervisor that runs one listener and one processor while the server is a primary.
+
+``start()`` runs the supervision loop in the calling thread until ``stop()``, SIGTERM or
+SIGINT. Each turn of the loop waits on the children's sentinels, the error queue and a wake
+pipe, then handles errors, restarts crashed components and re-checks the server's role when
+it is due. Signal handlers only set a flag and wake the loop.
+"""
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from .components import EXIT_STRATEGY_STOP, Component, ComponentError
+from .connectors import PostgresConnector
+from .dsn import DSN, describe
+from .exceptions import InvalidConfigurationException
+from .pipes import drain_wake_fd, notification_pipe
+from .strategies import CommonErrorStrategy
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FAILOVER_FILES = ("standby.signal", "recovery.signal", "recovery.conf", "recovery.done")
+"""Files whose appearance or removal in the data directory means a role change: PostgreSQL 12+
+uses standby.signal and recovery.signal, older versions recovery.conf and recovery.done."""
+
+
+class Client:
+    """Supervises one listener and one processor, running them only while the server is a primary.
+
+    ``dsn`` (dict, conninfo string or URI) is used for the role check. When ``watch_path``
+    is given, a change to one of ``failover_files`` in it (default DEFAULT_FAILOVER_FILES)
+    triggers a role check. Raises InvalidConfigurationException for a DSN libpq cannot use,
+    a ``watch_path`` that is not a directory, or ``failover_files`` that is not a list.
+    """
+
+    stop_timeout = 10.0
+    """Seconds each component gets to stop after SIGTERM before it is killed."""
+
+    role_check_interval = 30.0
+    """Seconds between role checks while nothing else triggers one."""
+
+    restart_backoff_limit = 16.0
+    """Longest wait, in seconds, before restarting a component that crashed."""
+
+    def __init__(self, dsn: DSN, watch_path: Optional[str] = None, failover_files: Optional[Sequence[str]] = None) -> None:
+        self.master_pg_conn = PostgresConnector(dsn)
+        self.directory = _validate_watch_path(watch_path)
+        self.failover_files = _validate_failover_files(failover_files, watch_path)
+
+        self.listener: Optional[Component] = None
+        self.processor: Optional[Component] = None
+        self.errors: List[ComponentError] = []
+        self.fatal_error: Optional[ComponentError] = None
+
+        self._error_queue: Any = None
+        self._pipe: Any = None
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._lock = threading.RLock()
+        self._running = False
+        self._supervisor_thread: Optional[threading.Thread] = None
+        self._stop_requested = False
+        self._role_check_due = False
+        self._components_wanted = False
+        self._stopped = threading.Event()
+        self._restart_backoff: Dict[str, float] = {}
+        self._restart_at: Dict[str, float] = {}
+        self._observer: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Client dsn={describe(self.master_pg_conn.dsn)!r} running={self._running}>"
+
+    # Configuration.
+
+    def add_listener(self, listener: Component) -> None:
+        """Set the listener; wire its notification pipe, error queue and strategy if left out.
+
+        Raises InvalidConfigurationException if ``listener`` is not a Component.
+        """
+        _require_component(listener, "listener")
+        if getattr(listener, "notif_queue", "absent") is None:
+            listener.notif_queue = self._notification_pipe()[1]  # type: ignore[attr-defined]
+        self._wire_defaults(listener)
+        self.listener = listener
+
+    def add_processor(self, processor: Component) -> None:
+        """Set the processor; wire its notification pipe, error queue and strategy if left out.
+
+        Raises InvalidConfigurationException if ``processor`` is not a Component.
+        """
+        _require_component(processor, "processor")
+        if processor.notification_pipe is None:
+            processor.notification_pipe = self._notification_pipe()[0]
+        self._wire_defaults(processor)
+        self.processor = processor
+
+    def _notification_pipe(self) -> Any:
+        if self._pipe is None:
+            self._pipe = notification_pipe()
+        return self._pipe
+
+    def _wire_defaults(self, component: Component) -> None:
+        if component.error_queue is None:
+            if self._error_queue is None:
+                self._error_queue = multiprocessing.Queue()
+            component.error_queue = self._error_queue
+        if component.error_strategy is None:
+            component.error_strategy = CommonErrorStrategy()
+
+    # The supervision loop.
+
+    def start(self) -> None:
+        """Run the supervisor until ``stop()``, SIGTERM, SIGINT or a fatal component error.
+
+        Blocks the calling thread. In the main thread it handles SIGTERM and SIGINT by
+        stopping gracefully, and restores the previous handlers before returning. Raises
+        InvalidConfigurationException if a component is missing or the client is already
+        running.
+        """
+        with self._lock:
+            if self._running:
+                raise InvalidConfigurationException("the client is already running; call stop() before starting it again")
+            if self.listener is None or self.processor is None:
+                missing = "listener" if self.listener is None else "processor"
+                raise InvalidConfigurationException(f"no {missing} added: call add_{missing}() before start()")
+            self._running = True
+            self._supervisor_thread = threading.current_thread()
+            self._stop_requested = False
+            self._stopped.clear()
+
+        previous_handlers = self._install_signal_handlers()
+        logger.info("client starting for %s", describe(self.master_pg_conn.dsn))
+        try:
+            self._start_observer()
+            self._role_check_due = True
+            self._supervise()
+        finally:
+            self._stop_observer()
+            self._stop_components()
+            _restore_signal_handlers(previous_handlers)
+            with self._lock:
+                self._running = False
+            self._stopped.set()
+            logger.info("client stopped")
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop the components and the supervisor; return when everything has exited.
+
+        Each component gets ``stop_timeout`` seconds after SIGTERM, then is killed. Callable
+        from any thread, or from the supervising thread itself; safe when not running.
+        """
+        self._stop_requested = True
+        self._wake()
+
+        if not self._running:
+            self._stop_components()
+        elif threading.current_thread() is not self._supervisor_thread:
+            self._stopped.wait(timeout if timeout is not None else 2 * self.stop_timeout + 5)
+
+    def _supervise(self) -> None:
+        next_role_check = time.monotonic()
+        while not self._stop_requested:
+            now = time.monotonic()
+            if self._role_check_due or now >= next_role_check:
+                self._role_check_due = False
+                self.execute_role_based_procedure()
+                next_role_check = time.monotonic() + self.role_check_interval
+
+            self._wait(next_role_check)
+            self._collect_errors()
+            if self.fatal_error is not None:
+                logger.error("stopping the client after a fatal error in %s: %s", self.fatal_error.component, self.fatal_error.message)
+                return
+            self._restart_crashed()
+
+    def _wait(self, deadline: float) -> None:
+        waitables: List[Any] = [self._wake_read]
+        if self._error_queue is not None:
+            waitables.append(self._error_queue._reader)
+        for component in self._components():
+            process = component._process
+            if process is not None and process.exitcode is None:
+                waitables.append(process.sentinel)
+
+        timeout = max(0.0, min([deadline, *self._restart_at.values()]) - time.monotonic())
+        if self._wake_read in multiprocessing.connection.wait(waitables, timeout):
+            drain_wake_fd(self._wake_read)
+
+    def _collect_errors(self) -> None:
+        if self._error_queue is None:
+            return
+
+        while True:
+            try:
+                error = self._error_queue.get_nowait()
+            except Exception:  # queue.Empty; nothing else is expected from get_nowait
+                return
+            self.errors.append(error)
+            del self.errors[:-100]
+            if error.fatal:
+                self.fatal_error = error
+
+    def _restart_crashed(self) -> None:
+        if not self._components_wanted:
+            return
+
+        now = time.monotonic()
+        for component in self._components():
+            if component.is_alive() or component.exitcode is None:
+                continue
+            if component.exitcode == EXIT_STRATEGY_STOP:
+                continue
+
+            restart_at = self._restart_at.get(component.name)
+            if restart_at is None:
+                backoff = self._restart_backoff.get(component.name, 0.0)
+                backoff = min(max(backoff * 2, 0.5), self.restart_backoff_limit)
+                self._restart_backoff[component.name] = backoff
+                self._restart_at[component.name] = now + backoff
+                logger.warning(
+                    "%s exited unexpectedly with status %s; restarting in %.1f s", component.name, component.exitcode, backoff
+                )
+            elif now >= restart_at:
+                del self._restart_at[component.name]
+                component.start()
+
+    # Role checks.
+
+    def execute_role_based_procedure(self) -> None:
+        """Start the components if the server is a primary, stop them if it is a standby.
+
+        A failed check is logged and leaves the components as they are; the next check
+        runs after ``role_check_interval`` seconds.
+        """
+        import psycopg2
+
+        try:
+            is_primary = self.master_pg_conn.is_server_master()
+        except psycopg2.Error as error:
+            logger.warning("role check failed, keeping the components as they are: %s", str(error).strip())
+            return
+
+        if is_primary:
+            self._start_components()
+        else:
+            logger.info("the server is a standby; components stay stopped")
+            self._stop_components()
+
+    def on_any_event(self, event: Any) -> None:
+        """Re-check the server's role when ``event`` concerns one of the failover files."""
+        paths = [getattr(event, "src_path", ""), getattr(event, "dest_path", "")]
+        if not any(os.path.basename(os.fsdecode(path)) in self.failover_files for path in paths if path):
+            return
+
+        logger.info("failover file event %s; re-checking the server's role", getattr(event, "event_type", "?"))
+        if self._running:
+            self._role_check_due = True
+            self._wake()
+        else:
+            self.execute_role_based_procedure()
+
+    # Components.
+
+    def _components(self) -> List[Component]:
+        return [component for component in (self.listener, self.processor) if component is not None]
+
+    def _start_components(self) -> None:
+        with self._lock:
+            self._components_wanted = True
+            # The processor starts first, so that the listener's first frames find a reader.
+            for component in reversed(self._components()):
+                if not component.is_alive():
+                    self._restart_at.pop(component.name, None)
+                    component.start()
+
+    def _stop_components(self) -> None:
+        with self._lock:
+            self._components_wanted = False
+            self._restart_at.clear()
+            # The listener stops first, so that the processor can finish what is in flight.
+            for component in self._components():
+                if component.is_alive():
+                    component.stop(self.stop_timeout)
+                else:
+                    component.join(0)
+
+    # Signals, wakeups and the file watcher.
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"\0")
+        except BlockingIOError:
+            pass  # the pipe already holds a wakeup
+
+    def _handle_stop_signal(self, signum: int, frame: Any) -> None:
+        # Only a flag and a wakeup: the loop does the stopping outside the handler.
+        self._stop_requested = True
+        self._wake()
+
+    def _install_signal_handlers(self) -> Dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, self._handle_stop_signal)
+        return previous
+
+    def _start_observer(self) -> None:
+        if self.directory is None:
+            return
+        from .watchers import start_observer
+
+        self._observer = start_observer(self.directory, self.on_any_event)
+
+    def _stop_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+            self._observer = None
+
+
+def _restore_signal_handlers(previous: Dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _require_component(component: Any, role: str) -> None:
+    if not isinstance(component, Component):
+        raise InvalidConfigurationException(
+            f"invalid {role} {component!r}: expected an instance of a hermes_lite.components.Component subclass"
+        )
+
+
+def _validate_watch_path(watch_path: Optional[str]) -> Optional[str]:
+    if watch_path is None:
+        return None
+    if not isinstance(watch_path, (str, os.PathLike)):
+        raise InvalidConfigurationException(f"invalid watch_path {watch_path!r}: expected a directory path")
+    if not os.path.isdir(watch_path):
+        reason = "is not a directory" if os.path.exists(watch_path) else "does not exist"
+        raise InvalidConfigurationException(
+            f"invalid watch_path {os.fspath(watch_path)!r}: it {reason}; give the server's data directory"
+        )
+    return os.fspath(watch_path)
+
+
+def _validate_failover_files(failover_files: Optional[Sequence[str]], watch_path: Optional[str]) -> List[str]:
+    if failover_files is None:
+        return list(DEFAULT_FAILOVER_FILES)
+    if isinstance(failover_files, (str, bytes)) or not all(isinstance(name, str) for name in failover_files):
+        raise InvalidConfigurationException(
+            f"invalid failover_files {failover_files!r}: expected a list of file names, such as ['standby.signal']"
+        )
+    return list(failover_files)

@@ -1,0 +1,255 @@
+"""PostgresNotificationListener: the component that LISTENs and feeds the notification pipe.
+
+``IMPLEMENTATION`` says which drain loop runs by default: "c" (the cffi extension in
+``hermes_lite._listener``) when it is built, otherwise "python" (psycopg2). Setting the
+environment variable ``HERMES_LITE_PURE=1`` before import forces "python".
+"""
+
+import logging
+import multiprocessing.connection
+import os
+import threading
+from typing import Any, List, Optional, Sequence, Union
+
+from . import frames
+from .components import Component
+from .connectors import PostgresConnector
+from .drain import DRAIN_CONNECTION_LOST, DRAIN_PIPE_CLOSED, DRAIN_TIMEOUT, DRAIN_WOKEN
+from .dsn import LISTENER_CONNECTION_DEFAULTS, to_conninfo
+from .exceptions import InvalidConfigurationException, ListenerConnectionError
+from .pipes import NotificationReader, NotificationWriter, PipeClosed, drain_wake_fd, send_item, write_all
+
+logger = logging.getLogger(__name__)
+
+IMPLEMENTATIONS = ("c", "python")
+
+MAX_CHANNEL_BYTES = 63
+"""PostgreSQL's NAMEDATALEN - 1: LISTEN truncates a longer name, pg_notify() rejects it."""
+
+
+def _c_extension_available() -> bool:
+    try:
+        from . import _listener  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+C_EXTENSION_AVAILABLE = _c_extension_available()
+"""True when the C extension was built and imports."""
+
+IMPLEMENTATION = "c" if C_EXTENSION_AVAILABLE and os.environ.get("HERMES_LITE_PURE") != "1" else "python"
+"""The listener implementation used when a listener does not choose one: "c" or "python"."""
+
+
+def validate_channel(channel: Any) -> str:
+    """Return ``channel`` if PostgreSQL can listen on it; raise InvalidConfigurationException otherwise."""
+    if not isinstance(channel, str):
+        raise InvalidConfigurationException(
+            f"invalid channel {channel!r} of type {type(channel).__name__}: expected a str"
+        )
+    if not channel:
+        raise InvalidConfigurationException("invalid channel '': a channel name cannot be empty")
+    if "\x00" in channel:
+        raise InvalidConfigurationException(f"invalid channel {channel!r}: it contains a NUL character")
+
+    size = len(channel.encode("utf-8", "surrogateescape"))
+    if size > MAX_CHANNEL_BYTES:
+        raise InvalidConfigurationException(
+            f"invalid channel {channel!r}: {size} bytes in UTF-8, PostgreSQL allows at most "
+            f"{MAX_CHANNEL_BYTES}; use a shorter name"
+        )
+    return channel
+
+
+def quote_identifier(name: str) -> str:
+    """Return ``name`` as a quoted SQL identifier: case kept, nothing in it executed."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _validate_channels(notif_channel: Union[str, Sequence[str]]) -> List[str]:
+    if isinstance(notif_channel, (list, tuple)):
+        if not notif_channel:
+            raise InvalidConfigurationException("invalid notif_channel []: give at least one channel")
+        channels = [validate_channel(channel) for channel in notif_channel]
+        return list(dict.fromkeys(channels))
+    return [validate_channel(notif_channel)]
+
+
+def backend_class(implementation: str) -> Any:
+    """Return the backend class of ``implementation``, "c" or "python".
+
+    Raises InvalidConfigurationException for another name, or for "c" when the extension
+    is not built.
+    """
+    if implementation == "python":
+        from ._pure_backend import PythonBackend
+
+        return PythonBackend
+    if implementation == "c":
+        if not C_EXTENSION_AVAILABLE:
+            raise InvalidConfigurationException(
+                "the C listener is not built in this installation; reinstall hermes-lite with a C "
+                "compiler and the libpq headers (apt-get install libpq-dev), or use implementation='python'"
+            )
+        from ._c_backend import CBackend
+
+        return CBackend
+    raise InvalidConfigurationException(
+        f"invalid listener implementation {implementation!r}: expected 'c', 'python' or None"
+    )
+
+
+class PostgresNotificationListener(Component):
+    """Listens on one or more channels and sends what arrives to a processor.
+
+    ``pg_connector`` is a PostgresConnector (or a DSN for one); the listener opens its own
+    connection from its DSN, in its own process. ``notif_channel`` is a channel name or a
+    list of them; each is LISTENed as a quoted identifier, so names are case-sensitive.
+    ``notif_queue`` is where notifications go: the writer of ``notification_pipe()`` (the
+    fast path, wired by ``Client`` when left out), or a hermes-style ``multiprocessing.Queue``
+    or Connection, which receive one pickled item each.
+
+    A Gap is sent after LISTEN is active and before any notification of the connection: at
+    start when ``fire_on_start`` is true, and after every reconnection. ``implementation``
+    chooses the drain loop, "c" or "python"; None uses the module's IMPLEMENTATION.
+    """
+
+    idle_timeout = 10.0
+    """Seconds without input after which the drain loop returns to Python for housekeeping."""
+
+    def __init__(
+        self,
+        pg_connector: Any,
+        notif_channel: Union[str, Sequence[str]],
+        notif_queue: Any = None,
+        error_strategy: Any = None,
+        error_queue: Any = None,
+        fire_on_start: bool = True,
+        backoff_limit: float = 16,
+        implementation: Optional[str] = None,
+    ) -> None:
+        super().__init__(None, error_strategy, error_queue, backoff_limit)
+        if not isinstance(pg_connector, PostgresConnector):
+            pg_connector = PostgresConnector(pg_connector)
+        self.pg_connector = pg_connector
+        self.notif_channel = notif_channel
+        self.channels = _validate_channels(notif_channel)
+        self.notif_queue = notif_queue
+        self.fire_on_start = fire_on_start
+        self.implementation = implementation or IMPLEMENTATION
+        backend_class(self.implementation)
+        self._init_listener_state()
+
+    def _init_listener_state(self) -> None:
+        self._backend: Any = None
+        self._pipe_fd: Optional[int] = None
+        self._bridge: Optional[threading.Thread] = None
+        self._has_connected = False
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        for name in ("_backend", "_pipe_fd", "_bridge", "_has_connected"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._init_listener_state()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} channels={self.channels!r} implementation={self.implementation!r} "
+            f"connector={self.pg_connector!r} pid={self.ident}>"
+        )
+
+    def start(self) -> None:
+        """Start the listener process; raise InvalidConfigurationException without a notif_queue."""
+        if self.notif_queue is None:
+            raise InvalidConfigurationException(
+                f"{self.name} has no notif_queue: pass the writer of hermes_lite.pipes.notification_pipe() "
+                "or a multiprocessing.Queue, or add the listener to a Client, which wires one"
+            )
+        super().start()
+
+    def set_up(self) -> None:
+        """Connect, LISTEN on every channel, then send the gap signal that is due."""
+        if self._pipe_fd is None:
+            self._pipe_fd = self._open_sink()
+
+        backend = backend_class(self.implementation)(to_conninfo(self.pg_connector.dsn, LISTENER_CONNECTION_DEFAULTS))
+        self._backend = backend
+        backend.connect()
+        for channel in self.channels:
+            backend.execute(f"LISTEN {quote_identifier(channel)}")
+
+        pid = backend.backend_pid
+        control = frames.encode_frame(frames.KIND_SESSION, 0, b"", pid, backend.client_encoding.encode("ascii"))
+        if self._has_connected:
+            control += frames.encode_frame(frames.KIND_GAP, frames.GAP_RECONNECT, b"", pid, b"")
+        elif self.fire_on_start:
+            control += frames.encode_frame(frames.KIND_GAP, frames.GAP_START, b"", pid, b"")
+        self._write_control(control)
+
+        logger.info(
+            "%s listening on %s with the %s backend, backend pid %s%s",
+            self.name, self.channels, self.implementation, pid, " (reconnected)" if self._has_connected else "",
+        )
+        self._has_connected = True
+
+    def execute(self, pre_exec_value: Any) -> None:
+        """Drain notifications into the pipe until a stop request, a timeout or a lost connection.
+
+        Raises ListenerConnectionError when the connection is lost, which the error
+        strategy turns into a reconnection, and PipeClosed when no processor reads.
+        """
+        status = self._backend.drain(self._pipe_fd, self.wake_fd, int(self.idle_timeout * 1000))
+
+        if status == DRAIN_WOKEN:
+            drain_wake_fd(self.wake_fd)
+        elif status == DRAIN_TIMEOUT:
+            pass
+        elif status == DRAIN_CONNECTION_LOST:
+            raise ListenerConnectionError(self._backend.error_message or "the listening connection was lost")
+        elif status == DRAIN_PIPE_CLOSED:
+            raise PipeClosed("the processor's end of the notification pipe is closed")
+
+    def tear_down(self) -> None:
+        """Close the listening connection."""
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def _write_control(self, data: bytes) -> None:
+        if not write_all(self._pipe_fd, data, self.wake_fd):
+            drain_wake_fd(self.wake_fd)
+
+    def _open_sink(self) -> int:
+        sink = self.notif_queue
+        if isinstance(sink, NotificationWriter):
+            return sink.prepare()
+
+        if not (hasattr(sink, "put") or isinstance(sink, multiprocessing.connection.Connection)):
+            raise InvalidConfigurationException(
+                f"invalid notif_queue {sink!r}: expected the writer of notification_pipe(), "
+                "a multiprocessing.Queue or a Connection"
+            )
+
+        # A hermes-style sink takes Python objects: the drain loop writes frames into a
+        # private pipe, and a thread decodes them and hands each item over.
+        read_end, write_end = multiprocessing.Pipe(duplex=False)
+        self._bridge = threading.Thread(
+            target=_forward_items, args=(NotificationReader(read_end), sink), name="hermes-lite-bridge", daemon=True
+        )
+        self._bridge.start()
+        return NotificationWriter(write_end).prepare()
+
+
+def _forward_items(reader: NotificationReader, sink: Any) -> None:
+    while True:
+        try:
+            items = reader.read_batch(timeout=None)
+        except PipeClosed:
+            return
+        for item in items:
+            send_item(sink, item)

@@ -1,0 +1,102 @@
+"""What a processor receives: notifications and gap signals."""
+
+import codecs
+from typing import NamedTuple, Union
+
+
+class Notification(NamedTuple):
+    """One NOTIFY as PostgreSQL delivered it.
+
+    ``pid`` is the process ID of the backend that sent it. The channel name is case-sensitive
+    and arrives exactly as the sender spelled it in ``pg_notify()``.
+    """
+
+    channel: str
+    payload: str
+    pid: int
+
+    is_gap = False
+
+
+class Gap(NamedTuple):
+    """A signal that notifications may have been missed, so the processor should resynchronise.
+
+    PostgreSQL queues notifications only for sessions that are listening, so whatever was
+    sent while the listener was not connected (before start, during a reconnect) is gone.
+    A gap arrives after LISTEN is active again and before any notification of the new
+    connection. ``reason`` is "start", "reconnect", "overflow" (``dropped`` counts the
+    notifications discarded by a drop policy) or "restart" (a processor that crashed had read
+    part of the pipe, so at least one notification was lost with it). ``pid`` is the
+    listener's backend pid, 0 where unknown.
+    """
+
+    reason: str
+    pid: int
+    dropped: int = 0
+
+    is_gap = True
+
+
+Item = Union[Notification, Gap]
+
+# PostgreSQL encoding names that Python spells differently. SQL_ASCII means that the server
+# does no conversion at all, so the bytes are decoded as UTF-8, keeping undecodable bytes as
+# lone surrogates (see decode_text) rather than failing.
+_PYTHON_CODECS = {
+    "SQL_ASCII": "utf-8",
+    "UTF8": "utf-8",
+    "LATIN1": "latin-1",
+    "LATIN2": "iso8859-2",
+    "LATIN3": "iso8859-3",
+    "LATIN4": "iso8859-4",
+    "LATIN5": "iso8859-9",
+    "LATIN6": "iso8859-10",
+    "LATIN7": "iso8859-13",
+    "LATIN8": "iso8859-14",
+    "LATIN9": "iso8859-15",
+    "LATIN10": "iso8859-16",
+    "ISO_8859_5": "iso8859-5",
+    "ISO_8859_6": "iso8859-6",
+    "ISO_8859_7": "iso8859-7",
+    "ISO_8859_8": "iso8859-8",
+    "WIN866": "cp866",
+    "WIN874": "cp874",
+    "WIN1250": "cp1250",
+    "WIN1251": "cp1251",
+    "WIN1252": "cp1252",
+    "WIN1253": "cp1253",
+    "WIN1254": "cp1254",
+    "WIN1255": "cp1255",
+    "WIN1256": "cp1256",
+    "WIN1257": "cp1257",
+    "WIN1258": "cp1258",
+    "KOI8R": "koi8-r",
+    "KOI8U": "koi8-u",
+    "EUC_JP": "euc_jp",
+    "EUC_KR": "euc_kr",
+    "EUC_CN": "gb2312",
+    "SJIS": "shift_jis",
+    "BIG5": "big5",
+    "GBK": "gbk",
+    "GB18030": "gb18030",
+    "UHC": "cp949",
+    "JOHAB": "johab",
+}
+
+DECODE_ERRORS = "surrogateescape"
+"""Bytes that are invalid in the client encoding become lone surrogates (U+DC80 to U+DCFF).
+
+``text.encode(codec, "surrogateescape")`` gives the original bytes back.
+"""
+
+
+def python_codec(client_encoding: str) -> str:
+    """Return the Python codec for a PostgreSQL client encoding name, UTF-8 if unknown."""
+    name = _PYTHON_CODECS.get(client_encoding.upper())
+    if name is not None:
+        return name
+
+    try:
+        return codecs.lookup(client_encoding).name
+    except LookupError:
+        return "utf-8"
