@@ -1,0 +1,1 @@
+pytest_plugins = ["hermes_lite.pytest_plugin"]
