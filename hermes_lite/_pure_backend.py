@@ -37,7 +37,12 @@ class PythonBackend:
         self.received = 0
 
     def connect(self) -> None:
-        """Open the connection; raise ListenerConnectionError (password masked) on failure."""
+        """Open the connection, closing any previous one.
+
+        Raises ListenerConnectionError (password masked) on failure. Notifications that the
+        previous connection had received stay queued for the next ``drain()``.
+        """
+        self.close()
         try:
             connection = psycopg2.connect(self._conninfo)
             connection.autocommit = True
@@ -129,6 +134,10 @@ class PythonBackend:
         self.received += len(notifies)
         del notifies[:]
 
+    def queue(self, data: bytes) -> None:
+        """Queue ready-made frames behind the pending ones; the next ``drain()`` writes them."""
+        self._pending += data
+
     def _flush(self, pipe_fd: int) -> int:
         """Write pending frames until done or the pipe is full; return 0 or DRAIN_PIPE_CLOSED."""
         pending = self._pending
@@ -145,10 +154,15 @@ class PythonBackend:
         return 0
 
     def close(self) -> None:
-        """Close the connection; safe to call more than once."""
+        """Close the connection; safe to call more than once.
+
+        Notifications already received stay queued, and a later ``connect()`` and ``drain()``
+        write them to the pipe.
+        """
         connection, self._connection = self._connection, None
         if connection is None:
             return
+        self._frame_notifies(connection)
         try:
             connection.close()
         except psycopg2.Error as error:

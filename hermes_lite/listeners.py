@@ -17,7 +17,7 @@ from .connectors import PostgresConnector
 from .drain import DRAIN_CONNECTION_LOST, DRAIN_PIPE_CLOSED, DRAIN_TIMEOUT, DRAIN_WOKEN
 from .dsn import LISTENER_CONNECTION_DEFAULTS, to_conninfo
 from .exceptions import InvalidConfigurationException, ListenerConnectionError
-from .pipes import NotificationReader, NotificationWriter, PipeClosed, drain_wake_fd, send_item, write_all
+from .pipes import NotificationReader, NotificationWriter, PipeClosed, drain_wake_fd, send_item
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +177,12 @@ class PostgresNotificationListener(Component):
         if self._pipe_fd is None:
             self._pipe_fd = self._open_sink()
 
-        backend = backend_class(self.implementation)(to_conninfo(self.pg_connector.dsn, LISTENER_CONNECTION_DEFAULTS))
-        self._backend = backend
+        # One backend serves every connection of this process, so that frames still queued
+        # from the previous connection are written before the new connection's.
+        if self._backend is None:
+            conninfo = to_conninfo(self.pg_connector.dsn, LISTENER_CONNECTION_DEFAULTS)
+            self._backend = backend_class(self.implementation)(conninfo)
+        backend = self._backend
         backend.connect()
         for channel in self.channels:
             backend.execute(f"LISTEN {quote_identifier(channel)}")
@@ -189,7 +193,7 @@ class PostgresNotificationListener(Component):
             control += frames.encode_frame(frames.KIND_GAP, frames.GAP_RECONNECT, b"", pid, b"")
         elif self.fire_on_start:
             control += frames.encode_frame(frames.KIND_GAP, frames.GAP_START, b"", pid, b"")
-        self._write_control(control)
+        backend.queue(control)
 
         logger.info(
             "%s listening on %s with the %s backend, backend pid %s%s",
@@ -215,14 +219,12 @@ class PostgresNotificationListener(Component):
             raise PipeClosed("the processor's end of the notification pipe is closed")
 
     def tear_down(self) -> None:
-        """Close the listening connection."""
+        """Close the listening connection; what it had received stays queued in the backend."""
+        # NOTE: the backends write only from drain(), which needs a connection, so frames left
+        # by a lost connection reach the processor after the next successful connect, just
+        # before that connection's gap.
         if self._backend is not None:
             self._backend.close()
-            self._backend = None
-
-    def _write_control(self, data: bytes) -> None:
-        if not write_all(self._pipe_fd, data, self.wake_fd):
-            drain_wake_fd(self.wake_fd)
 
     def _open_sink(self) -> int:
         sink = self.notif_queue
