@@ -6,6 +6,7 @@ from .connectors import PostgresConnector
 from .exceptions import InvalidConfigurationException
 from .listeners import IMPLEMENTATION, PostgresNotificationListener
 from .notifications import Gap, Notification
+from .sending import notify
 from .strategies import AbstractErrorStrategy, CommonErrorStrategy
 
 __version__ = "0.1.0"
@@ -21,4 +22,5 @@ __all__ = [
     "Notification",
     "PostgresConnector",
     "PostgresNotificationListener",
+    "notify",
 ]
