@@ -14,6 +14,7 @@ import signal
 import sys
 from typing import Any, List, Optional
 
+from .dsn import mask_password
 from .exceptions import HermesLiteError, InvalidConfigurationException
 
 logger = logging.getLogger(__name__)
@@ -65,14 +66,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         level=arguments.log_level.upper(), format="%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s"
     )
 
+    import psycopg2
+
     handlers = {"listen": _listen, "notify": _notify, "demo": _demo}
     try:
         return handlers[arguments.command](arguments)
     except InvalidConfigurationException as error:
         print(f"hermes-lite: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except HermesLiteError as error:
-        print(f"hermes-lite: {error}", file=sys.stderr)
+    except (HermesLiteError, psycopg2.Error) as error:
+        print(f"hermes-lite: {mask_password(str(error)).strip()}", file=sys.stderr)
         return EXIT_FAILED
 
 
