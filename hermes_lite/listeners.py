@@ -145,11 +145,12 @@ class PostgresNotificationListener(Component):
         self._backend: Any = None
         self._pipe_fd: Optional[int] = None
         self._bridge: Optional[threading.Thread] = None
+        self._bridge_writer: Optional[NotificationWriter] = None
         self._has_connected = False
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        for name in ("_backend", "_pipe_fd", "_bridge", "_has_connected"):
+        for name in ("_backend", "_pipe_fd", "_bridge", "_bridge_writer", "_has_connected"):
             state.pop(name, None)
         return state
 
@@ -244,7 +245,11 @@ class PostgresNotificationListener(Component):
             target=_forward_items, args=(NotificationReader(read_end), sink), name="hermes-lite-bridge", daemon=True
         )
         self._bridge.start()
-        return NotificationWriter(write_end).prepare()
+
+        # The writer is kept referenced: once collected, its Connection would close the
+        # descriptor that the drain loop writes to.
+        self._bridge_writer = NotificationWriter(write_end)
+        return self._bridge_writer.prepare()
 
 
 def _forward_items(reader: NotificationReader, sink: Any) -> None:
