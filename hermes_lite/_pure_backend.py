@@ -33,6 +33,8 @@ class PythonBackend:
         self._connection: Optional[psycopg2.extensions.connection] = None
         self._pending = bytearray()
         self._codec = "utf-8"
+        self._sql_codec: Optional[str] = None
+        self._client_encoding = "UTF8"
         self.error_message = ""
         self.received = 0
 
@@ -50,16 +52,27 @@ class PythonBackend:
             raise ListenerConnectionError(mask_password(str(error)).strip()) from None
 
         self._connection = connection
-        self._codec = psycopg2.extensions.encodings.get(connection.encoding, "utf-8")
-        if connection.encoding == "SQL_ASCII":
-            self._codec = "utf-8"
+        self._client_encoding = connection.info.parameter_status("client_encoding") or "UTF8"
+        if connection.info.parameter_status("server_encoding") == "SQL_ASCII":
+            # The server stores and sends bytes unchecked, and psycopg2 would replace bytes
+            # that are invalid in the client encoding before we see them. LATIN1 maps every
+            # byte to one character, so encoding back with latin-1 restores the original.
+            connection.set_client_encoding("LATIN1")
+            self._codec = "latin-1"
+            self._sql_codec = "utf-8"
+            self._client_encoding = "SQL_ASCII"
+        else:
+            self._codec = psycopg2.extensions.encodings.get(connection.encoding, "utf-8")
+            self._sql_codec = None
 
     def execute(self, sql: str) -> None:
         """Run one command; raise ListenerConnectionError or ListenerQueryError if it fails."""
         connection = self._require_connection()
         try:
             with connection.cursor() as cursor:
-                cursor.execute(sql)
+                # Under SQL_ASCII the channel names must reach the server as the UTF-8 bytes
+                # that senders use, not as LATIN1.
+                cursor.execute(sql.encode(self._sql_codec) if self._sql_codec else sql)
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
             raise ListenerConnectionError(mask_password(str(error)).strip()) from None
         except psycopg2.Error as error:
@@ -73,7 +86,8 @@ class PythonBackend:
     @property
     def client_encoding(self) -> str:
         """The connection's client encoding, as PostgreSQL names it (for example UTF8)."""
-        return str(self._require_connection().encoding)
+        self._require_connection()
+        return self._client_encoding
 
     def drain(self, pipe_fd: int, wake_fd: int, timeout_ms: int) -> int:
         """Move notifications from the connection into the pipe until something needs Python.
