@@ -325,9 +325,9 @@ def _run_component(component: Component) -> None:
     """Entry point of a component's process."""
     _install_child_signals(component)
     status = component.run()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
+    # Raising SystemExit, unlike os._exit, lets multiprocessing flush every Queue this process
+    # put to, so the ComponentError of a fatal error reaches the supervisor.
+    sys.exit(status)
 
 
 def _install_child_signals(component: Component) -> None:
