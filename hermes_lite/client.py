@@ -44,6 +44,13 @@ class Client:
     role_check_interval = 30.0
     """Seconds between role checks while nothing else triggers one."""
 
+    role_recheck_delays = (0.5, 1.0, 2.0, 4.0, 8.0)
+    """Seconds between the extra role checks after a failover file event.
+
+    PostgreSQL removes standby.signal shortly before pg_is_in_recovery() turns false, so the
+    check that the event triggers can still find a standby; these checks catch the promotion.
+    """
+
     restart_backoff_limit = 16.0
     """Longest wait, in seconds, before restarting a component that crashed."""
 
@@ -59,14 +66,14 @@ class Client:
 
         self._error_queue: Any = None
         self._pipe: Any = None
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
+        self._wake_read: Optional[int] = None
+        self._wake_write: Optional[int] = None
         self._lock = threading.RLock()
         self._running = False
         self._supervisor_thread: Optional[threading.Thread] = None
         self._stop_requested = False
         self._role_check_due = False
+        self._role_rechecks: List[float] = []
         self._components_wanted = False
         self._stopped = threading.Event()
         self._restart_backoff: Dict[str, float] = {}
@@ -134,6 +141,9 @@ class Client:
             self._stop_requested = False
             self._stopped.clear()
 
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
         previous_handlers = self._install_signal_handlers()
         logger.info("client starting for %s", describe(self.master_pg_conn.dsn))
         try:
@@ -146,6 +156,9 @@ class Client:
             _restore_signal_handlers(previous_handlers)
             with self._lock:
                 self._running = False
+                os.close(self._wake_read)
+                os.close(self._wake_write)
+                self._wake_read = self._wake_write = None
             self._stopped.set()
             logger.info("client stopped")
 
@@ -170,7 +183,8 @@ class Client:
             if self._role_check_due or now >= next_role_check:
                 self._role_check_due = False
                 self.execute_role_based_procedure()
-                next_role_check = time.monotonic() + self.role_check_interval
+                delay = self._role_rechecks.pop(0) if self._role_rechecks else self.role_check_interval
+                next_role_check = time.monotonic() + delay
 
             self._wait(next_role_check)
             self._collect_errors()
@@ -183,12 +197,21 @@ class Client:
         waitables: List[Any] = [self._wake_read]
         if self._error_queue is not None:
             waitables.append(self._error_queue._reader)
+        restart_unscheduled = False
         for component in self._components():
             process = component._process
-            if process is not None and process.exitcode is None:
+            if process is None:
+                continue
+            if process.exitcode is None:
                 waitables.append(process.sentinel)
+            elif self._components_wanted and process.exitcode != EXIT_STRATEGY_STOP and component.name not in self._restart_at:
+                # A dying process closes its sentinel before the kernel lets it be reaped, so
+                # _restart_crashed may have seen it alive. The next turn schedules its restart.
+                restart_unscheduled = True
 
         timeout = max(0.0, min([deadline, *self._restart_at.values()]) - time.monotonic())
+        if restart_unscheduled:
+            timeout = 0.0
         if self._wake_read in multiprocessing.connection.wait(waitables, timeout):
             drain_wake_fd(self._wake_read)
 
@@ -260,6 +283,7 @@ class Client:
 
         logger.info("failover file event %s; re-checking the server's role", getattr(event, "event_type", "?"))
         if self._running:
+            self._role_rechecks = list(self.role_recheck_delays)
             self._role_check_due = True
             self._wake()
         else:
@@ -293,15 +317,22 @@ class Client:
     # Signals, wakeups and the file watcher.
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_write, b"\0")
-        except BlockingIOError:
-            pass  # the pipe already holds a wakeup
+        with self._lock:
+            if self._wake_write is None:
+                return
+            try:
+                os.write(self._wake_write, b"\0")
+            except BlockingIOError:
+                pass  # the pipe already holds a wakeup
 
     def _handle_stop_signal(self, signum: int, frame: Any) -> None:
-        # Only a flag and a wakeup: the loop does the stopping outside the handler.
+        # Only a flag and a wakeup: the loop does the stopping outside the handler. No lock
+        # is taken here, because the handler is installed only while the wake pipe is open.
         self._stop_requested = True
-        self._wake()
+        try:
+            os.write(self._wake_write, b"\0")  # type: ignore[arg-type]
+        except BlockingIOError:
+            pass
 
     def _install_signal_handlers(self) -> Dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
