@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from .components import EXIT_STRATEGY_STOP, Component, ComponentError
+from .components import EXIT_STOPPED, EXIT_STRATEGY_STOP, Component, ComponentError
 from .connectors import PostgresConnector
 from .dsn import DSN, describe
 from .exceptions import InvalidConfigurationException
@@ -54,6 +54,9 @@ class Client:
     restart_backoff_limit = 16.0
     """Longest wait, in seconds, before restarting a component that crashed."""
 
+    restart_backoff_reset = 60.0
+    """Seconds a restarted component must run before its next crash counts as a first one."""
+
     def __init__(self, dsn: DSN, watch_path: Optional[str] = None, failover_files: Optional[Sequence[str]] = None) -> None:
         self.master_pg_conn = PostgresConnector(dsn)
         self.directory = _validate_watch_path(watch_path)
@@ -77,6 +80,7 @@ class Client:
         self._components_wanted = False
         self._stopped = threading.Event()
         self._restart_backoff: Dict[str, float] = {}
+        self._started_at: Dict[str, float] = {}
         self._restart_at: Dict[str, float] = {}
         self._observer: Any = None
 
@@ -187,6 +191,10 @@ class Client:
                 next_role_check = time.monotonic() + delay
 
             self._wait(next_role_check)
+            if self._stop_requested:
+                # A SIGTERM to the whole process group (systemd's default) reaches the
+                # components too; their exits are part of this stop, not crashes.
+                return
             self._collect_errors()
             if self.fatal_error is not None:
                 logger.error("stopping the client after a fatal error in %s: %s", self.fatal_error.component, self.fatal_error.message)
@@ -243,15 +251,23 @@ class Client:
             restart_at = self._restart_at.get(component.name)
             if restart_at is None:
                 backoff = self._restart_backoff.get(component.name, 0.0)
+                if now - self._started_at.get(component.name, now) >= self.restart_backoff_reset:
+                    backoff = 0.0
                 backoff = min(max(backoff * 2, 0.5), self.restart_backoff_limit)
                 self._restart_backoff[component.name] = backoff
                 self._restart_at[component.name] = now + backoff
-                logger.warning(
-                    "%s exited unexpectedly with status %s; restarting in %.1f s", component.name, component.exitcode, backoff
-                )
+                if component.exitcode == EXIT_STOPPED:
+                    # Stopped by a signal from outside the supervisor: not a crash.
+                    logger.info("%s was stopped from outside; restarting in %.1f s", component.name, backoff)
+                else:
+                    logger.warning(
+                        "%s exited unexpectedly with status %s; restarting in %.1f s",
+                        component.name, component.exitcode, backoff,
+                    )
             elif now >= restart_at:
                 del self._restart_at[component.name]
                 component.start()
+                self._started_at[component.name] = time.monotonic()
 
     # Role checks.
 
@@ -302,6 +318,7 @@ class Client:
                 if not component.is_alive():
                     self._restart_at.pop(component.name, None)
                     component.start()
+                    self._started_at[component.name] = time.monotonic()
 
     def _stop_components(self) -> None:
         with self._lock:

@@ -141,3 +141,43 @@ def test_module_flag_honours_environment():
 @pytest.mark.skipif(not os.environ.get("CI"), reason="only CI must have the C listener built")
 def test_c_listener_is_built_in_ci():
     assert hermes_lite.listeners.C_EXTENSION_AVAILABLE
+
+
+GROUP_SIGTERM_SCRIPT = """
+import sys
+from hermes_lite import Client, Component, PostgresNotificationListener
+
+class Idle(Component):
+    def execute(self, batch):
+        pass
+
+client = Client(sys.argv[1])
+client.add_listener(PostgresNotificationListener(sys.argv[1], "group_term"))
+client.add_processor(Idle())
+client.start()
+print("returned", flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_client_stops_cleanly_on_group_sigterm(postgres_cluster, tmp_path):
+    script = tmp_path / "client.py"
+    script.write_text(GROUP_SIGTERM_SCRIPT)
+    process = subprocess.Popen(
+        [sys.executable, str(script), postgres_cluster.dsn],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        wait_for_listener(postgres_cluster, "group_term")
+        # As systemd does by default: the signal reaches the supervisor and its components at once.
+        os.killpg(process.pid, signal.SIGTERM)
+        output, errors = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    assert process.returncode == 0, errors
+    assert output.strip() == "returned"
+    assert "unexpectedly" not in errors
+    assert "restarting" not in errors
