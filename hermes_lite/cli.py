@@ -26,7 +26,11 @@ EXIT_USAGE = 2
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``hermes-lite`` command."""
-    parser = argparse.ArgumentParser(prog="hermes-lite", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="hermes-lite",
+        description="Listen on PostgreSQL channels, send a notification, or run the demo.",
+        epilog="Exit status: 0 on success or a clean stop, 1 when the command failed, 2 for invalid arguments.",
+    )
     parser.add_argument(
         "--log-level", default="WARNING", help="logging level of messages on stderr (default: WARNING)"
     )
@@ -42,10 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("channels", nargs="+", metavar="CHANNEL", help="channel to LISTEN on (case-sensitive)")
     listen.add_argument("--implementation", choices=["c", "python"], help="listener implementation (default: c when built)")
 
-    notify = commands.add_parser("notify", help="send one notification with pg_notify()")
+    notify = commands.add_parser(
+        "notify",
+        help="send one notification with pg_notify()",
+        description="Send one notification with pg_notify(). A payload of 8000 bytes or more in the server "
+        "encoding is rejected before sending.",
+    )
     notify.add_argument("--dsn", required=True, help="libpq conninfo string or postgresql:// URI")
-    notify.add_argument("channel", metavar="CHANNEL")
-    notify.add_argument("payload", metavar="PAYLOAD", nargs="?", default="")
+    notify.add_argument("channel", metavar="CHANNEL", help="channel name, case-sensitive, at most 63 bytes")
+    notify.add_argument("payload", metavar="PAYLOAD", nargs="?", default="", help="text to send (default: empty)")
 
     demo = commands.add_parser(
         "demo",
