@@ -55,6 +55,7 @@ ffibuilder.cdef(
     int hl_listener_drain(hl_listener *listener, int pipe_fd, int wake_fd, int timeout_ms);
     const char *hl_listener_error_message(const hl_listener *listener);
     uint64_t hl_listener_received(const hl_listener *listener);
+    int hl_listener_ping(hl_listener *listener, int timeout_ms);
     int hl_listener_queue(hl_listener *listener, const char *data, size_t length);
     size_t hl_listener_pending_bytes(const hl_listener *listener);
     void hl_listener_close(hl_listener *listener);

@@ -561,6 +561,58 @@ uint64_t hl_listener_received(const hl_listener *listener)
     return listener->received;
 }
 
+int hl_listener_ping(hl_listener *listener, int timeout_ms)
+{
+    int64_t deadline = monotonic_ms() + timeout_ms;
+    size_t known_error_length;
+    int status = check_connection(listener);
+
+    if (status != 0)
+        return status;
+
+    known_error_length = strlen(PQerrorMessage(listener->conn));
+    /* The connection is in blocking mode, but the query is a few bytes on an idle socket, so
+     * the send does not wait for the server. */
+    if (!PQsendQuery(listener->conn, "")) {
+        set_connection_lost_error(listener, PQerrorMessage(listener->conn));
+        return HL_DRAIN_CONNECTION_LOST;
+    }
+
+    for (;;) {
+        struct pollfd socket_fd;
+        int64_t remaining;
+        int ready;
+
+        while (!PQisBusy(listener->conn)) {
+            PGresult *result = PQgetResult(listener->conn);
+            if (result == NULL)
+                return HL_OK;
+            PQclear(result);
+        }
+
+        remaining = deadline - monotonic_ms();
+        if (remaining <= 0) {
+            set_error(listener, "health check failed: no answer from the server within %d ms", timeout_ms);
+            return HL_DRAIN_CONNECTION_LOST;
+        }
+
+        socket_fd.fd = PQsocket(listener->conn);
+        socket_fd.events = POLLIN;
+        if (socket_fd.fd < 0) {
+            set_error(listener, "the connection to the server has no socket");
+            return HL_DRAIN_CONNECTION_LOST;
+        }
+        ready = poll(&socket_fd, 1, remaining > 0x7fffffff ? 0x7fffffff : (int)remaining);
+        if (ready < 0 && errno != EINTR)
+            return fail_drain(listener, "poll()");
+        if (ready > 0) {
+            status = consume_input(listener, known_error_length);
+            if (status != 0)
+                return status;
+        }
+    }
+}
+
 int hl_listener_queue(hl_listener *listener, const char *data, size_t length)
 {
     if (reserve(listener, length) < 0) {

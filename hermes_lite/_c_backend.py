@@ -87,6 +87,19 @@ class CBackend:
         """Number of notifications framed since this backend was created."""
         return int(lib.hl_listener_received(self._listener))
 
+    def ping(self, timeout_ms: int) -> int:
+        """Check that the server answers within ``timeout_ms``; return 0 or DRAIN_CONNECTION_LOST.
+
+        On DRAIN_CONNECTION_LOST ``error_message`` says why. Raises ListenerConnectionError
+        when not connected, OSError when poll() fails.
+        """
+        self._require_connection()
+        status = lib.hl_listener_ping(self._listener, timeout_ms)
+        if status == lib.HL_DRAIN_ERROR:
+            code = ffi.errno
+            raise OSError(code, f"{os.strerror(code)} ({self.error_message})")
+        return int(status)
+
     def queue(self, data: bytes) -> None:
         """Queue ready-made frames behind the pending ones; the next ``drain()`` writes them."""
         if lib.hl_listener_queue(self._listener, data, len(data)) != lib.HL_OK:

@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import select
+import time
 from typing import Optional
 
 import psycopg2
@@ -25,8 +26,17 @@ _pack_header = frames.HEADER.pack
 _NOTIFICATION = frames.KIND_NOTIFICATION
 _MAGIC = frames.MAGIC
 
+CONNECT_TIMEOUT_SECONDS = 10.0
+"""Seconds a connection attempt may take when the DSN sets no connect_timeout."""
+
+
 class PythonBackend:
-    """One listening connection, opened by ``connect()`` and drained by ``drain()``."""
+    """One listening connection, opened by ``connect()`` and drained by ``drain()``.
+
+    The connection is a psycopg2 asynchronous connection, because only that mode lets a
+    connection attempt, a command or a health check give up at a deadline instead of
+    blocking on a server that stopped answering.
+    """
 
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
@@ -38,45 +48,106 @@ class PythonBackend:
         self.error_message = ""
         self.received = 0
 
+        keywords = psycopg2.extensions.parse_dsn(conninfo)
+        self._connect_timeout = float(keywords.get("connect_timeout") or CONNECT_TIMEOUT_SECONDS)
+
     def connect(self) -> None:
         """Open the connection, closing any previous one.
 
-        Raises ListenerConnectionError (password masked) on failure. Notifications that the
-        previous connection had received stay queued for the next ``drain()``.
+        Raises ListenerConnectionError (password masked) on failure or after the connect
+        timeout. Notifications that the previous connection had received stay queued for
+        the next ``drain()``.
         """
         self.close()
-        try:
-            connection = psycopg2.connect(self._conninfo)
-            connection.autocommit = True
-        except psycopg2.Error as error:
-            raise ListenerConnectionError(mask_password(str(error)).strip()) from None
+        connection = self._open(self._conninfo)
 
-        self._connection = connection
-        self._client_encoding = connection.info.parameter_status("client_encoding") or "UTF8"
         if connection.info.parameter_status("server_encoding") == "SQL_ASCII":
             # The server stores and sends bytes unchecked, and psycopg2 would replace bytes
             # that are invalid in the client encoding before we see them. LATIN1 maps every
             # byte to one character, so encoding back with latin-1 restores the original.
-            connection.set_client_encoding("LATIN1")
+            connection.close()
+            self._conninfo = psycopg2.extensions.make_dsn(self._conninfo, client_encoding="LATIN1")
+            connection = self._open(self._conninfo)
             self._codec = "latin-1"
             self._sql_codec = "utf-8"
             self._client_encoding = "SQL_ASCII"
         else:
             self._codec = psycopg2.extensions.encodings.get(connection.encoding, "utf-8")
             self._sql_codec = None
+            self._client_encoding = connection.info.parameter_status("client_encoding") or "UTF8"
+
+        self._connection = connection
+
+    def _open(self, conninfo: str) -> psycopg2.extensions.connection:
+        try:
+            connection = psycopg2.connect(conninfo, async_=True)
+        except psycopg2.Error as error:
+            raise ListenerConnectionError(mask_password(str(error)).strip()) from None
+
+        try:
+            self._wait(connection, time.monotonic() + self._connect_timeout, "connection attempt")
+        except ListenerConnectionError:
+            connection.close()
+            raise
+        return connection
 
     def execute(self, sql: str) -> None:
         """Run one command; raise ListenerConnectionError or ListenerQueryError if it fails."""
         connection = self._require_connection()
+        cursor = connection.cursor()
         try:
-            with connection.cursor() as cursor:
-                # Under SQL_ASCII the channel names must reach the server as the UTF-8 bytes
-                # that senders use, not as LATIN1.
-                cursor.execute(sql.encode(self._sql_codec) if self._sql_codec else sql)
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
-            raise ListenerConnectionError(mask_password(str(error)).strip()) from None
+            # Under SQL_ASCII the channel names must reach the server as the UTF-8 bytes that
+            # senders use, not as LATIN1.
+            cursor.execute(sql.encode(self._sql_codec) if self._sql_codec else sql)
+            self._wait(connection, None, "command")
         except psycopg2.Error as error:
             raise ListenerQueryError(str(error).strip()) from None
+        finally:
+            cursor.close()
+
+    def ping(self, timeout_ms: int) -> int:
+        """Check that the server answers within ``timeout_ms``; return 0 or DRAIN_CONNECTION_LOST.
+
+        Notifications that arrive meanwhile are framed by the next ``drain()``.
+        """
+        connection = self._require_connection()
+        cursor = connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+            self._wait(connection, time.monotonic() + timeout_ms / 1000, "health check")
+        except ListenerConnectionError as error:
+            self.error_message = str(error)
+            return DRAIN_CONNECTION_LOST
+        except psycopg2.Error as error:
+            self.error_message = mask_password(str(error)).strip()
+            return DRAIN_CONNECTION_LOST
+        finally:
+            cursor.close()
+        return 0
+
+    def _wait(self, connection: psycopg2.extensions.connection, deadline: Optional[float], operation: str) -> None:
+        """Drive the connection's pending operation to its end.
+
+        Raises ListenerConnectionError when the connection fails or ``deadline`` (a
+        time.monotonic() value, None for none) passes, and the psycopg2 error of a failed
+        command otherwise.
+        """
+        while True:
+            try:
+                state = connection.poll()
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
+                raise ListenerConnectionError(mask_password(str(error)).strip() or "connection lost") from None
+            if state == psycopg2.extensions.POLL_OK:
+                return
+
+            poller = select.poll()
+            poller.register(connection.fileno(), select.POLLIN if state == psycopg2.extensions.POLL_READ else select.POLLOUT)
+            timeout_ms = None
+            if deadline is not None:
+                timeout_ms = int((deadline - time.monotonic()) * 1000)
+                if timeout_ms <= 0:
+                    raise ListenerConnectionError(f"{operation} timed out: no answer from the server")
+            poller.poll(timeout_ms)
 
     @property
     def backend_pid(self) -> int:
@@ -99,6 +170,7 @@ class PythonBackend:
         """
         connection = self._require_connection()
         timeout: Optional[int] = None if timeout_ms < 0 else timeout_ms
+        self._frame_notifies(connection)  # those that arrived during ping() or execute()
 
         # While frames wait for room in the pipe, the socket is not read: the server keeps the
         # backlog in its notification queue, and nothing is dropped here.

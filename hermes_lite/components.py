@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 from .exceptions import InvalidConfigurationException
 from .pipes import drain_wake_fd, make_source, wait_readable
+from .repeats import RepeatLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +84,13 @@ class Component:
         self._stop_requested = False
         self._wake_fd: Optional[int] = None
         self._source: Any = None
+        self._log_limiter = RepeatLimiter()
 
     def __getstate__(self) -> dict:
         # Sent to the child under the spawn and forkserver start methods: the process handle
         # stays with the parent and the child builds its own signal state.
         state = self.__dict__.copy()
-        for name in ("_process", "_stop_requested", "_wake_fd", "_source"):
+        for name in ("_process", "_stop_requested", "_wake_fd", "_source", "_log_limiter"):
             state.pop(name, None)
         return state
 
@@ -242,7 +244,7 @@ class Component:
                 if should_stop:
                     logger.error("%s stopped by its error strategy: %s", self.name, message)
                     return EXIT_STRATEGY_STOP
-                self._back_off()
+                self._back_off(error)
                 continue
 
             self._tear_down_quietly()
@@ -258,7 +260,9 @@ class Component:
 
             exec_value = self.execute(pre_exec_value)
             self.post_execute(exec_value)
-            self.current_backoff = 0.0
+            if self.current_backoff:
+                self.current_backoff = 0.0
+                self._log_limiter.reset()
 
     def _handle_error(self, error: Exception) -> Tuple[bool, str]:
         strategy = self.error_strategy
@@ -278,7 +282,7 @@ class Component:
         if should_stop:
             logger.error("%s: %s", self.name, message)
         else:
-            logger.warning("%s: %s", self.name, message, exc_info=not _is_expected(error))
+            self._log_repeated(message, exc_info=not _is_expected(error))
 
         self._report(message, bool(should_stop))
         return bool(should_stop), message
@@ -291,14 +295,29 @@ class Component:
         except Exception as error:  # a full or closed queue must not stop the recovery
             logger.warning("%s: could not report an error to the supervisor: %s", self.name, error)
 
-    def _back_off(self) -> None:
+    def _log_repeated(self, message: str, exc_info: bool = False) -> None:
+        dropped = self._log_limiter.check(message)
+        if dropped is None:
+            return
+        suffix = f" ({dropped} more like it not logged)" if dropped else ""
+        logger.warning("%s: %s%s", self.name, message, suffix, exc_info=exc_info)
+
+    def next_backoff(self, error: Exception) -> float:
+        """Return the seconds to wait after ``error`` before going back to set_up.
+
+        The default doubles from ``initial_backoff`` up to ``backoff_limit``; a successful
+        iteration resets it. Subclasses may choose another schedule per kind of error.
+        """
         if self.current_backoff <= 0:
             self.current_backoff = min(self.initial_backoff, self.backoff_limit)
         else:
             self.current_backoff = min(self.current_backoff * 2, self.backoff_limit)
+        return self.current_backoff
 
-        logger.info("%s: retrying in %.2f s", self.name, self.current_backoff)
-        self.wait(self.current_backoff)
+    def _back_off(self, error: Exception) -> None:
+        delay = self.next_backoff(error)
+        logger.debug("%s: retrying in %.2f s", self.name, delay)
+        self.wait(delay)
 
     def _tear_down_quietly(self) -> None:
         try:

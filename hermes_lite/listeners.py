@@ -8,6 +8,7 @@ environment variable ``HERMES_LITE_PURE=1`` before import forces "python".
 import logging
 import multiprocessing.connection
 import os
+import random
 import threading
 from typing import Any, List, Optional, Sequence, Union
 
@@ -18,6 +19,7 @@ from .drain import DRAIN_CONNECTION_LOST, DRAIN_PIPE_CLOSED, DRAIN_TIMEOUT, DRAI
 from .dsn import LISTENER_CONNECTION_DEFAULTS, to_conninfo
 from .exceptions import InvalidConfigurationException, ListenerConnectionError
 from .pipes import NotificationReader, NotificationWriter, PipeClosed, drain_wake_fd, send_item
+from .strategies import _is_connection_error
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +115,20 @@ class PostgresNotificationListener(Component):
     A Gap is sent after LISTEN is active and before any notification of the connection: at
     start when ``fire_on_start`` is true, and after every reconnection. ``implementation``
     chooses the drain loop, "c" or "python"; None uses the module's IMPLEMENTATION.
+
+    After ``health_check_interval`` seconds without input the listener sends the server an
+    empty query; no answer within ``health_check_timeout`` seconds counts as a lost
+    connection, which catches half-open TCP links and stopped backends. Checks cost nothing
+    while notifications flow. A lost connection is retried after a jittered delay that
+    doubles from about 0.1 s up to ``reconnect_backoff_limit`` seconds and resets after a
+    successful connect; ``max_reconnect_attempts`` (None: never give up) bounds the
+    consecutive failures before the listener stops with a fatal error. Each interval and
+    limit raises InvalidConfigurationException unless it is a positive number.
     """
 
-    idle_timeout = 10.0
-    """Seconds without input after which the drain loop returns to Python for housekeeping."""
+    initial_reconnect_delay = 0.2
+    """Upper bound of the first reconnection delay, in seconds; each delay is drawn from
+    [bound / 2, bound] and the bound doubles per failed attempt."""
 
     def __init__(
         self,
@@ -128,8 +140,28 @@ class PostgresNotificationListener(Component):
         fire_on_start: bool = True,
         backoff_limit: float = 16,
         implementation: Optional[str] = None,
+        health_check_interval: float = 5.0,
+        health_check_timeout: float = 5.0,
+        reconnect_backoff_limit: float = 32.0,
+        max_reconnect_attempts: Optional[int] = None,
     ) -> None:
         super().__init__(None, error_strategy, error_queue, backoff_limit)
+        for name, value in (
+            ("health_check_interval", health_check_interval),
+            ("health_check_timeout", health_check_timeout),
+            ("reconnect_backoff_limit", reconnect_backoff_limit),
+        ):
+            _validate_seconds(name, value)
+        if max_reconnect_attempts is not None and (
+            isinstance(max_reconnect_attempts, bool) or not isinstance(max_reconnect_attempts, int) or max_reconnect_attempts < 1
+        ):
+            raise InvalidConfigurationException(
+                f"invalid max_reconnect_attempts {max_reconnect_attempts!r}: expected a positive int, or None to retry forever"
+            )
+        self.health_check_interval = health_check_interval
+        self.health_check_timeout = health_check_timeout
+        self.reconnect_backoff_limit = reconnect_backoff_limit
+        self.max_reconnect_attempts = max_reconnect_attempts
         if not isinstance(pg_connector, PostgresConnector):
             pg_connector = PostgresConnector(pg_connector)
         self.pg_connector = pg_connector
@@ -147,10 +179,11 @@ class PostgresNotificationListener(Component):
         self._bridge: Optional[threading.Thread] = None
         self._bridge_writer: Optional[NotificationWriter] = None
         self._has_connected = False
+        self._failed_attempts = 0
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        for name in ("_backend", "_pipe_fd", "_bridge", "_bridge_writer", "_has_connected"):
+        for name in ("_backend", "_pipe_fd", "_bridge", "_bridge_writer", "_has_connected", "_failed_attempts"):
             state.pop(name, None)
         return state
 
@@ -198,9 +231,12 @@ class PostgresNotificationListener(Component):
 
         logger.info(
             "%s listening on %s with the %s backend, backend pid %s%s",
-            self.name, self.channels, self.implementation, pid, " (reconnected)" if self._has_connected else "",
+            self.name, self.channels, self.implementation, pid,
+            f" (reconnected after {self._failed_attempts} failed attempts)" if self._has_connected else "",
         )
         self._has_connected = True
+        self._failed_attempts = 0
+        self._log_limiter.reset()
 
     def execute(self, pre_exec_value: Any) -> None:
         """Drain notifications into the pipe until a stop request, a timeout or a lost connection.
@@ -208,12 +244,14 @@ class PostgresNotificationListener(Component):
         Raises ListenerConnectionError when the connection is lost, which the error
         strategy turns into a reconnection, and PipeClosed when no processor reads.
         """
-        status = self._backend.drain(self._pipe_fd, self.wake_fd, int(self.idle_timeout * 1000))
+        backend = self._backend
+        status = backend.drain(self._pipe_fd, self.wake_fd, int(self.health_check_interval * 1000))
 
         if status == DRAIN_WOKEN:
             drain_wake_fd(self.wake_fd)
         elif status == DRAIN_TIMEOUT:
-            pass
+            if backend.ping(int(self.health_check_timeout * 1000)) != 0:
+                raise ListenerConnectionError(f"health check failed: {backend.error_message}")
         elif status == DRAIN_CONNECTION_LOST:
             raise ListenerConnectionError(self._backend.error_message or "the listening connection was lost")
         elif status == DRAIN_PIPE_CLOSED:
@@ -226,6 +264,29 @@ class PostgresNotificationListener(Component):
         # before that connection's gap.
         if self._backend is not None:
             self._backend.close()
+
+    def _handle_error(self, error: Exception) -> Any:
+        if not _is_connection_error(error):
+            return super()._handle_error(error)
+
+        self._failed_attempts += 1
+        limit = self.max_reconnect_attempts
+        if limit is not None and self._failed_attempts > limit:
+            message = f"giving up after {limit} failed connection attempts in a row: {error}"
+            logger.error("%s: %s", self.name, message)
+            self._report(message, True)
+            return True, message
+        return super()._handle_error(error)
+
+    def next_backoff(self, error: Exception) -> float:
+        """Return the delay before the next connection attempt, or the Component backoff for other errors."""
+        if not _is_connection_error(error):
+            return super().next_backoff(error)
+
+        # Jitter spreads the reconnections of many listeners after a server restart.
+        exponent = min(self._failed_attempts - 1, 30)
+        bound = min(self.reconnect_backoff_limit, self.initial_reconnect_delay * 2**exponent)
+        return random.uniform(bound / 2, bound)
 
     def _open_sink(self) -> int:
         sink = self.notif_queue
@@ -250,6 +311,11 @@ class PostgresNotificationListener(Component):
         # descriptor that the drain loop writes to.
         self._bridge_writer = NotificationWriter(write_end)
         return self._bridge_writer.prepare()
+
+
+def _validate_seconds(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidConfigurationException(f"invalid {name} {value!r}: expected a positive number of seconds")
 
 
 def _forward_items(reader: NotificationReader, sink: Any) -> None:
