@@ -20,6 +20,7 @@ from .connectors import PostgresConnector
 from .dsn import DSN, describe
 from .exceptions import InvalidConfigurationException
 from .pipes import drain_wake_fd, notification_pipe
+from .repeats import RepeatLimiter
 from .strategies import CommonErrorStrategy
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,12 @@ class Client:
 
     role_check_interval = 30.0
     """Seconds between role checks while nothing else triggers one."""
+
+    role_check_backoff_limit = 32.0
+    """Longest wait, in seconds, between role checks while the server cannot be reached.
+
+    A failed check is retried after 0.5 s, then after twice the previous wait up to this limit.
+    """
 
     role_recheck_delays = (0.5, 1.0, 2.0, 4.0, 8.0)
     """Seconds between the extra role checks after a failover file event.
@@ -77,6 +84,9 @@ class Client:
         self._stop_requested = False
         self._role_check_due = False
         self._role_rechecks: List[float] = []
+        self._role_check_backoff = 0.0
+        self._role_log_limiter = RepeatLimiter()
+        self._last_role: Optional[str] = None
         self._components_wanted = False
         self._stopped = threading.Event()
         self._restart_backoff: Dict[str, float] = {}
@@ -186,8 +196,12 @@ class Client:
             now = time.monotonic()
             if self._role_check_due or now >= next_role_check:
                 self._role_check_due = False
-                self.execute_role_based_procedure()
-                delay = self._role_rechecks.pop(0) if self._role_rechecks else self.role_check_interval
+                if self.execute_role_based_procedure():
+                    self._role_check_backoff = 0.0
+                    delay = self._role_rechecks.pop(0) if self._role_rechecks else self.role_check_interval
+                else:
+                    self._role_check_backoff = min(max(self._role_check_backoff * 2, 0.5), self.role_check_backoff_limit)
+                    delay = self._role_check_backoff
                 next_role_check = time.monotonic() + delay
 
             self._wait(next_role_check)
@@ -271,25 +285,34 @@ class Client:
 
     # Role checks.
 
-    def execute_role_based_procedure(self) -> None:
+    def execute_role_based_procedure(self) -> bool:
         """Start the components if the server is a primary, stop them if it is a standby.
 
-        A failed check is logged and leaves the components as they are; the next check
-        runs after ``role_check_interval`` seconds.
+        Returns False when the role could not be checked (server unreachable, FATAL error):
+        the failure is logged, the components stay as they are, and a running supervisor
+        retries with a backoff that doubles from 0.5 s up to ``role_check_backoff_limit``.
         """
         import psycopg2
 
         try:
             is_primary = self.master_pg_conn.is_server_master()
         except psycopg2.Error as error:
-            logger.warning("role check failed, keeping the components as they are: %s", str(error).strip())
-            return
+            message = " ".join(str(error).split())
+            if self._role_log_limiter.check(message) is not None:
+                logger.warning("role check failed, keeping the components as they are: %s", message)
+            return False
+
+        self._role_log_limiter.reset()
+        role = "primary" if is_primary else "standby"
+        if role != self._last_role:
+            logger.info("the server is a %s; %s the components", role, "running" if is_primary else "stopping")
+            self._last_role = role
 
         if is_primary:
             self._start_components()
         else:
-            logger.info("the server is a standby; components stay stopped")
             self._stop_components()
+        return True
 
     def on_any_event(self, event: Any) -> None:
         """Re-check the server's role when ``event`` concerns one of the failover files."""

@@ -17,8 +17,9 @@ _KEYWORD_ALIASES = {"database": "dbname"}
 # TCP keepalives detect a peer that vanished without closing the connection. libpq leaves them
 # to the kernel defaults (first probe after two hours on Linux), far too late for a listener that
 # would otherwise wait forever. These apply to TCP connections only; libpq ignores them for unix
-# sockets.
+# sockets. connect_timeout bounds each connection attempt to one host.
 LISTENER_CONNECTION_DEFAULTS = {
+    "connect_timeout": "10",
     "keepalives": "1",
     "keepalives_idle": "10",
     "keepalives_interval": "5",
