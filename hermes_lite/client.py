@@ -280,6 +280,8 @@ class Client:
                     )
             elif now >= restart_at:
                 del self._restart_at[component.name]
+                # A component stopped from outside finished its batch; a crashed one may not have.
+                component.restarted_after_crash = component.exitcode != EXIT_STOPPED
                 component.start()
                 self._started_at[component.name] = time.monotonic()
 
@@ -340,6 +342,7 @@ class Client:
             for component in reversed(self._components()):
                 if not component.is_alive():
                     self._restart_at.pop(component.name, None)
+                    component.restarted_after_crash = False
                     component.start()
                     self._started_at[component.name] = time.monotonic()
 

@@ -15,6 +15,7 @@ import sys
 from typing import Any, NamedTuple, Optional, Tuple
 
 from .exceptions import InvalidConfigurationException
+from .notifications import Gap
 from .pipes import drain_wake_fd, make_source, wait_readable
 from .repeats import RepeatLimiter
 
@@ -76,6 +77,9 @@ class Component:
         self.name = type(self).__name__
         self.mp_context: Any = None
         self.current_backoff = 0.0
+        # Set by the supervisor before it restarts a crashed component; a processor then
+        # starts with a Gap("restart").
+        self.restarted_after_crash = False
 
         self._process: Any = None
         self._init_child_state()
@@ -117,6 +121,11 @@ class Component:
 
         if self._source is None:
             self._source = make_source(self.notification_pipe)
+            if self.restarted_after_crash:
+                # The crashed predecessor may have read notifications that it never
+                # processed; they are gone, so the first batch says so.
+                self._source.restart_gap_sent = True
+                return [Gap("restart", 0)]
         return self._source.read_batch(timeout=None, wake_fd=self._wake_fd)
 
     def execute(self, pre_exec_value: Any) -> Any:

@@ -127,6 +127,8 @@ class NotificationReader:
         # rest of a frame its predecessor had half read.
         self._decoder = frames.FrameDecoder(resynchronise=True)
         self._codec = "utf-8"
+        # True once a Gap("restart") went to the processor, which then needs no second one.
+        self.restart_gap_sent = False
 
     def __getstate__(self) -> dict:
         # A reader starts decoding afresh in the process it is sent to.
@@ -167,7 +169,9 @@ class NotificationReader:
                     self._decoder.skipped_bytes,
                 )
                 self._decoder.skipped_bytes = 0
-                items.insert(0, Gap("restart", 0))
+                if not self.restart_gap_sent:
+                    items.insert(0, Gap("restart", 0))
+                    self.restart_gap_sent = True
             if items:
                 return items
 
@@ -223,6 +227,7 @@ class _QueueSource:
 
     def __init__(self, source: Any) -> None:
         self._source = source
+        self.restart_gap_sent = False
 
     def read_batch(self, timeout: Optional[float] = None, wake_fd: Optional[int] = None) -> List[Item]:
         source = self._source

@@ -401,6 +401,20 @@ def test_client_restarts_killed_processor(postgres_cluster, received, run_client
 
 
 @pytest.mark.timeout(60)
+def test_restarted_processor_starts_with_gap(postgres_cluster, received, run_client):
+    client = make_client(postgres_cluster, ForwardingProcessor(received))
+    run_client(client)
+    first_pid = wait_until_listening(client, received)
+
+    os.kill(first_pid, signal.SIGKILL)
+    pid, item = received.get(TIMEOUT)
+
+    assert pid != first_pid
+    assert item.is_gap
+    assert item.reason == "restart"
+
+
+@pytest.mark.timeout(60)
 def test_client_retries_raising_processor(postgres_cluster, received, run_client):
     client = make_client(postgres_cluster, FailOnPayloadProcessor(received))
     run_client(client)
