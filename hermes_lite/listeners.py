@@ -17,7 +17,7 @@ from .components import Component
 from .connectors import PostgresConnector
 from .drain import DRAIN_CONNECTION_LOST, DRAIN_PIPE_CLOSED, DRAIN_TIMEOUT, DRAIN_WOKEN
 from .dsn import LISTENER_CONNECTION_DEFAULTS, to_conninfo
-from .exceptions import InvalidConfigurationException, ListenerConnectionError
+from .exceptions import InvalidConfigurationException, ListenerConnectionError, ListenerQueryError
 from .pipes import NotificationReader, NotificationWriter, PipeClosed, drain_wake_fd, send_item
 from .strategies import _is_connection_error
 
@@ -180,10 +180,11 @@ class PostgresNotificationListener(Component):
         self._bridge_writer: Optional[NotificationWriter] = None
         self._has_connected = False
         self._failed_attempts = 0
+        self._stale_backend_pid: Optional[int] = None
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        for name in ("_backend", "_pipe_fd", "_bridge", "_bridge_writer", "_has_connected", "_failed_attempts"):
+        for name in ("_backend", "_pipe_fd", "_bridge", "_bridge_writer", "_has_connected", "_failed_attempts", "_stale_backend_pid"):
             state.pop(name, None)
         return state
 
@@ -222,6 +223,7 @@ class PostgresNotificationListener(Component):
             backend.execute(f"LISTEN {quote_identifier(channel)}")
 
         pid = backend.backend_pid
+        self._terminate_stale_backend()
         control = frames.encode_frame(frames.KIND_SESSION, 0, b"", pid, backend.client_encoding.encode("ascii"))
         if self._has_connected:
             control += frames.encode_frame(frames.KIND_GAP, frames.GAP_RECONNECT, b"", pid, b"")
@@ -250,7 +252,9 @@ class PostgresNotificationListener(Component):
         if status == DRAIN_WOKEN:
             drain_wake_fd(self.wake_fd)
         elif status == DRAIN_TIMEOUT:
+            pid = backend.backend_pid
             if backend.ping(int(self.health_check_timeout * 1000)) != 0:
+                self._stale_backend_pid = pid
                 raise ListenerConnectionError(f"health check failed: {backend.error_message}")
         elif status == DRAIN_CONNECTION_LOST:
             raise ListenerConnectionError(self._backend.error_message or "the listening connection was lost")
@@ -264,6 +268,23 @@ class PostgresNotificationListener(Component):
         # before that connection's gap.
         if self._backend is not None:
             self._backend.close()
+
+    def _terminate_stale_backend(self) -> None:
+        """End the backend of a connection that failed its health check, if it still exists.
+
+        A backend that stopped answering (a half-open link, a stopped process) still LISTENs,
+        and the server cannot free notification queue space that it has not read: the queue
+        fills and then every NOTIFY fails. Terminating it needs the same role or
+        pg_signal_backend, so a failure is only logged.
+        """
+        pid, self._stale_backend_pid = self._stale_backend_pid, None
+        if pid is None:
+            return
+        try:
+            self._backend.execute(f"SELECT pg_terminate_backend({int(pid)})")
+            logger.info("%s terminated its unresponsive previous backend, pid %s", self.name, pid)
+        except ListenerQueryError as error:
+            logger.warning("%s could not terminate its unresponsive previous backend %s: %s", self.name, pid, error)
 
     def _handle_error(self, error: Exception) -> Any:
         if not _is_connection_error(error):

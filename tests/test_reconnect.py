@@ -1,6 +1,8 @@
 """Reconnection schedule, health-check settings, attempt limits and role-check backoff."""
 
 import multiprocessing
+import os
+import signal
 import threading
 import time
 
@@ -12,6 +14,8 @@ from hermes_lite.dsn import LISTENER_CONNECTION_DEFAULTS, parse_dsn, to_conninfo
 from hermes_lite.exceptions import InvalidConfigurationException, ListenerConnectionError
 from hermes_lite.pipes import notification_pipe
 from hermes_lite.repeats import RepeatLimiter
+
+from helpers import collect, running_listener
 
 
 def test_repeat_limiter_lets_burst_through():
@@ -150,3 +154,30 @@ def test_client_backs_off_unreachable_role_checks(tmp_path):
     assert 3 <= len(checks) <= 5
     assert all(later > earlier for earlier, later in zip(gaps, gaps[1:]))
     assert client.listener.ident is None
+
+
+@pytest.mark.timeout(90)
+def test_unresponsive_backend_is_terminated(postgres_cluster, implementation):
+    options = {"health_check_interval": 0.5, "health_check_timeout": 0.5}
+    with running_listener(postgres_cluster.dsn, "stale_ch", implementation, **options) as (listener, reader):
+        [start] = collect(reader, 1)
+        os.kill(start.pid, signal.SIGSTOP)
+        try:
+            [gap] = collect(reader, 1)
+        finally:
+            os.kill(start.pid, signal.SIGCONT)
+
+        # The stopped backend received pg_terminate_backend's SIGTERM while stopped and acts on
+        # it once continued.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and backend_exists(postgres_cluster, start.pid):
+            time.sleep(0.05)
+
+        assert gap.reason == "reconnect"
+        assert gap.pid != start.pid
+        assert not backend_exists(postgres_cluster, start.pid)
+
+
+def backend_exists(cluster, pid):
+    rows = cluster.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+    return rows[0][0] > 0
