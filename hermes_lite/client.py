@@ -45,6 +45,9 @@ class Client:
     role_check_interval = 30.0
     """Seconds between role checks while nothing else triggers one."""
 
+    use_watchdog: Optional[bool] = None
+    """How ``watch_path`` is watched: None uses watchdog when installed, False always polls with os.stat."""
+
     role_check_backoff_limit = 32.0
     """Longest wait, in seconds, between role checks while the server cannot be reached.
 
@@ -390,7 +393,7 @@ class Client:
             return
         from .watchers import start_observer
 
-        self._observer = start_observer(self.directory, self.on_any_event)
+        self._observer = start_observer(self.directory, self.on_any_event, use_watchdog=self.use_watchdog)
 
     def _stop_observer(self) -> None:
         if self._observer is not None:

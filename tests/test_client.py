@@ -536,10 +536,12 @@ def test_running_client_checks_role_periodically(fresh_postgres_cluster, receive
 
 
 @pytest.mark.timeout(180)
-def test_running_client_follows_promotion(fresh_postgres_cluster, received, run_client, caplog):
+@pytest.mark.parametrize("use_watchdog", [True, False], ids=["watchdog", "polling"])
+def test_running_client_follows_promotion(fresh_postgres_cluster, received, run_client, caplog, use_watchdog):
     caplog.set_level(logging.INFO, logger="hermes_lite")
     standby = fresh_postgres_cluster.make_standby()
     client = make_client(standby, ForwardingProcessor(received), watch_path=standby.data_dir)
+    client.use_watchdog = use_watchdog
     # Only the file watcher may trigger the second role check.
     client.role_check_interval = 3600
     run_client(client)
