@@ -78,6 +78,16 @@ class FailOnPayloadProcessor(ForwardingProcessor):
             self.received.put((os.getpid(), item))
 
 
+class ExitingProcessor(ForwardingProcessor):
+    """Forwards like ForwardingProcessor, but ends its process with os._exit(7) on the payload "exit"."""
+
+    def execute(self, pre_exec_value):
+        for item in pre_exec_value:
+            if not item.is_gap and item.payload == "exit":
+                os._exit(7)
+            self.received.put((os.getpid(), item))
+
+
 class StubbornProcessor(ForwardingProcessor):
     """Forwards the first batch, then blocks in time.sleep, which a SIGTERM does not end."""
 
@@ -398,6 +408,23 @@ def test_client_restarts_killed_processor(postgres_cluster, received, run_client
 
     assert pid != first_pid
     assert pid == client.processor.ident
+
+
+@pytest.mark.timeout(60)
+def test_client_restarts_exiting_processor(postgres_cluster, received, run_client):
+    client = make_client(postgres_cluster, ExitingProcessor(received))
+    run_client(client)
+    first_pid = wait_until_listening(client, received)
+
+    notify(postgres_cluster, "exit")
+    pid, item = received.get(TIMEOUT)
+    notify(postgres_cluster, "after exit")
+    later_pid, _ = receive(received, is_notification("after exit"))
+
+    assert pid != first_pid
+    assert item.is_gap
+    assert item.reason == "restart"
+    assert later_pid == pid
 
 
 @pytest.mark.timeout(60)
