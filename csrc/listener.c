@@ -19,12 +19,15 @@
 
 /* Frame layout of hermes_lite/frames.py: a little-endian header "<2sBBHHiI" (magic 0xFE 0x4E,
  * kind, flags, channel length, reserved 0, pid, payload length), then the channel bytes, then
- * the payload bytes. */
+ * the payload bytes. A batch frame carries many notifications: its pid field is their count,
+ * and its payload is a u32 size of the channel section, the pids as int32, the channels, then
+ * the payloads, each channel and payload followed by a NUL byte (text in PostgreSQL never
+ * contains NUL, so the reader can split on it). */
 #define FRAME_HEADER_SIZE 16
 #define FRAME_MAGIC_0 0xfe
 #define FRAME_MAGIC_1 0x4e
-#define FRAME_KIND_NOTIFICATION 1
 #define FRAME_KIND_GAP 2
+#define FRAME_KIND_BATCH 4
 #define FRAME_GAP_OVERFLOW 2
 #define FRAME_MAX_CHANNEL ((size_t)255)
 #define FRAME_MAX_PAYLOAD ((size_t)1 << 20)
@@ -33,6 +36,10 @@
  * in libpq's list. A buffer therefore never grows beyond the mark plus one largest frame. */
 #define BUFFER_INITIAL_SIZE ((size_t)64 * 1024)
 #define BUFFER_HIGH_WATER ((size_t)256 * 1024)
+
+/* Limits of one batch frame, so that the reader's 1 MiB frame limit always holds. */
+#define BATCH_MAX_ITEMS ((size_t)16384)
+#define BATCH_MAX_BODY ((size_t)512 * 1024)
 
 #define ERROR_TEXT_SIZE 2048
 #define NOTICE_TEXT_SIZE 1024
@@ -47,9 +54,12 @@ struct hl_listener {
     size_t start;
     size_t end;
 
-    /* A notification taken from libpq that could not be framed for lack of memory. It is
-     * framed before any other, so running out of memory delays it but does not lose it. */
-    PGnotify *unframed;
+    /* Notifications taken from libpq and not yet framed, with the size of their batch frame
+     * body. They are framed before any other, so running out of memory while framing delays
+     * them but does not lose them. */
+    PGnotify **batch;
+    size_t batch_count;
+    size_t batch_body;
 
     /* Set when framing stopped at BUFFER_HIGH_WATER, so libpq may still hold notifications. */
     int libpq_has_more;
@@ -201,58 +211,109 @@ static int append_frame(hl_listener *listener, int kind, int flags, const char *
     return 0;
 }
 
-/* Appends the frame of one notification; returns -1 with errno ENOMEM. */
-static int append_notification(hl_listener *listener, const PGnotify *notify)
+/* Appends one batch frame holding every notification in listener->batch, then frees them.
+ * Returns -1 with errno ENOMEM, keeping the batch. */
+static int append_batch(hl_listener *listener)
 {
-    size_t channel_length = strlen(notify->relname);
-    size_t payload_length = strlen(notify->extra);
+    size_t count = listener->batch_count, channels_size = 0, i;
+    size_t body = 4 + listener->batch_body;
+    unsigned char *out;
 
-    /* NOTE: only a server built with a larger NAMEDATALEN or block size can exceed these
-     * limits. Such a notification cannot be framed, so the reader gets an overflow gap in its
-     * place, the signal that notifications were missed. */
-    if (channel_length > FRAME_MAX_CHANNEL || payload_length > FRAME_MAX_PAYLOAD) {
-        return append_frame(listener, FRAME_KIND_GAP, FRAME_GAP_OVERFLOW, "", 0,
-                            PQbackendPID(listener->conn), "", 0);
+    if (count == 0)
+        return 0;
+    if (reserve(listener, FRAME_HEADER_SIZE + body) < 0)
+        return -1;
+
+    for (i = 0; i < count; i++)
+        channels_size += strlen(listener->batch[i]->relname) + 1;
+
+    out = listener->buffer + listener->end;
+    out[0] = FRAME_MAGIC_0;
+    out[1] = FRAME_MAGIC_1;
+    out[2] = FRAME_KIND_BATCH;
+    out[3] = 0;
+    put_u16_le(out + 4, 0);
+    put_u16_le(out + 6, 0);
+    put_u32_le(out + 8, (uint32_t)count);
+    put_u32_le(out + 12, (uint32_t)body);
+    out += FRAME_HEADER_SIZE;
+
+    put_u32_le(out, (uint32_t)channels_size);
+    out += 4;
+    for (i = 0; i < count; i++, out += 4)
+        put_u32_le(out, (uint32_t)listener->batch[i]->be_pid);
+    for (i = 0; i < count; i++) {
+        size_t length = strlen(listener->batch[i]->relname) + 1;
+        memcpy(out, listener->batch[i]->relname, length);
+        out += length;
+    }
+    for (i = 0; i < count; i++) {
+        size_t length = strlen(listener->batch[i]->extra) + 1;
+        memcpy(out, listener->batch[i]->extra, length);
+        out += length;
+        PQfreemem(listener->batch[i]);
     }
 
-    if (append_frame(listener, FRAME_KIND_NOTIFICATION, 0, notify->relname, channel_length,
-                     notify->be_pid, notify->extra, payload_length) < 0)
-        return -1;
-    listener->received++;
+    listener->end += FRAME_HEADER_SIZE + body;
+    listener->received += count;
+    listener->batch_count = 0;
+    listener->batch_body = 0;
     return 0;
 }
 
-/* Frames the notifications in libpq's list while less than `limit` bytes are pending.
- * PQnotifies only parses input that libpq already read (libpq documentation, "Asynchronous
- * Notification"), so this does no I/O.
- * Returns -1 with errno ENOMEM, keeping the notification in listener->unframed. */
+/*
+ * Frames the notifications in libpq's list, in batch frames, while less than `limit` bytes
+ * are pending. PQnotifies only parses input that libpq already read (libpq documentation,
+ * "Asynchronous Notification"), so this does no I/O.
+ * Returns -1 with errno ENOMEM, keeping what was taken from libpq in listener->batch.
+ */
 static int frame_notifications(hl_listener *listener, size_t limit)
 {
-    PGnotify *notify;
-
-    if (listener->unframed != NULL) {
-        if (append_notification(listener, listener->unframed) < 0)
-            return -1;
-        PQfreemem(listener->unframed);
-        listener->unframed = NULL;
-    }
-
     listener->libpq_has_more = 0;
-    if (listener->conn == NULL)
-        return 0;
 
-    while (pending_bytes(listener) < limit) {
-        notify = PQnotifies(listener->conn);
-        if (notify == NULL)
-            return 0;
-        if (append_notification(listener, notify) < 0) {
-            listener->unframed = notify;
-            return -1;
+    for (;;) {
+        int exhausted = 0;
+
+        while (listener->conn != NULL && listener->batch_count < BATCH_MAX_ITEMS
+               && pending_bytes(listener) + FRAME_HEADER_SIZE + listener->batch_body < limit) {
+            PGnotify *notify = PQnotifies(listener->conn);
+            size_t size;
+
+            if (notify == NULL) {
+                exhausted = 1;
+                break;
+            }
+
+            /* NOTE: only a server built with a larger NAMEDATALEN or block size can exceed
+             * these limits. Such a notification cannot be framed, so the reader gets an
+             * overflow gap in its place, the signal that notifications were missed. */
+            size = 4 + strlen(notify->relname) + 1 + strlen(notify->extra) + 1;
+            if (strlen(notify->relname) > FRAME_MAX_CHANNEL || size > BATCH_MAX_BODY) {
+                PQfreemem(notify);
+                if (append_batch(listener) < 0
+                    || append_frame(listener, FRAME_KIND_GAP, FRAME_GAP_OVERFLOW, "", 0,
+                                    PQbackendPID(listener->conn), "", 0) < 0)
+                    return -1;
+                continue;
+            }
+            if (listener->batch_body + size > BATCH_MAX_BODY && append_batch(listener) < 0) {
+                /* NOTE: this one notification is lost when memory runs out here. */
+                PQfreemem(notify);
+                return -1;
+            }
+            listener->batch[listener->batch_count++] = notify;
+            listener->batch_body += size;
         }
-        PQfreemem(notify);
+
+        if (append_batch(listener) < 0)
+            return -1;
+        if (listener->conn == NULL || exhausted)
+            return 0;
+        if (pending_bytes(listener) + FRAME_HEADER_SIZE >= limit) {
+            listener->libpq_has_more = 1;
+            return 0;
+        }
     }
-    listener->libpq_has_more = 1;
-    return 0;
 }
 
 /*
@@ -363,7 +424,10 @@ hl_listener *hl_listener_new(const char *conninfo)
     if (listener == NULL)
         return NULL;
     listener->conninfo = strdup(conninfo);
-    if (listener->conninfo == NULL) {
+    listener->batch = calloc(BATCH_MAX_ITEMS, sizeof *listener->batch);
+    if (listener->conninfo == NULL || listener->batch == NULL) {
+        free(listener->conninfo);
+        free(listener->batch);
         free(listener);
         return NULL;
     }
@@ -637,10 +701,6 @@ void hl_listener_close(hl_listener *listener)
     /* NOTE: when memory runs out here, the notifications still in libpq's list are lost
      * with the connection. */
     (void)frame_notifications(listener, (size_t)-1);
-    if (listener->unframed != NULL) {
-        PQfreemem(listener->unframed);
-        listener->unframed = NULL;
-    }
     listener->libpq_has_more = 0;
 
     PQfinish(listener->conn);
@@ -652,6 +712,9 @@ void hl_listener_free(hl_listener *listener)
     if (listener == NULL)
         return;
     hl_listener_close(listener);
+    while (listener->batch_count > 0)
+        PQfreemem(listener->batch[--listener->batch_count]);
+    free(listener->batch);
     free(listener->buffer);
     free(listener->conninfo);
     free(listener);

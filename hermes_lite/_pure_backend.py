@@ -22,9 +22,11 @@ from .exceptions import ListenerConnectionError, ListenerQueryError
 
 logger = logging.getLogger(__name__)
 
-_pack_header = frames.HEADER.pack
-_NOTIFICATION = frames.KIND_NOTIFICATION
-_MAGIC = frames.MAGIC
+BATCH_MAX_ITEMS = 16384
+"""Most notifications in one batch frame, as in the C listener."""
+
+BATCH_MAX_BODY = 512 * 1024
+"""Largest batch frame body in bytes, as in the C listener; half the reader's frame limit."""
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 """Seconds a connection attempt may take when the DSN sets no connect_timeout."""
@@ -209,16 +211,23 @@ class PythonBackend:
         if not notifies:
             return
 
-        codec = self._codec
-        pending = self._pending
-        for notify in notifies:
-            channel = notify.channel.encode(codec, "surrogateescape")
-            payload = notify.payload.encode(codec, "surrogateescape")
-            pending += _pack_header(_MAGIC, _NOTIFICATION, 0, len(channel), 0, notify.pid, len(payload))
-            pending += channel
-            pending += payload
+        for first in range(0, len(notifies), BATCH_MAX_ITEMS):
+            self._frame_batch(notifies[first:first + BATCH_MAX_ITEMS])
         self.received += len(notifies)
         del notifies[:]
+
+    def _frame_batch(self, chunk: list) -> None:
+        codec = self._codec
+        channels = ("\x00".join([notify.channel for notify in chunk]) + "\x00").encode(codec, "surrogateescape")
+        payloads = ("\x00".join([notify.payload for notify in chunk]) + "\x00").encode(codec, "surrogateescape")
+
+        # Sizes are known only once encoded, so an oversized chunk is halved and redone.
+        if 4 + 4 * len(chunk) + len(channels) + len(payloads) > BATCH_MAX_BODY and len(chunk) > 1:
+            middle = len(chunk) // 2
+            self._frame_batch(chunk[:middle])
+            self._frame_batch(chunk[middle:])
+            return
+        self._pending += frames.encode_batch([notify.pid for notify in chunk], channels, payloads)
 
     def queue(self, data: bytes) -> None:
         """Queue ready-made frames behind the pending ones; the next ``drain()`` writes them."""

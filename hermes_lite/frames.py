@@ -5,12 +5,19 @@ Each frame is a 16-byte little-endian header followed by the channel and the pay
     magic (2 bytes, 0xFE 0x4E), kind (u8), flags (u8), channel length (u16), reserved (u16, 0),
     pid (i32), payload length (u32)
 
+A batch frame (kind 4) carries many notifications: its pid field is their count, and its payload
+is a u32 size of the channel section, the pids as little-endian int32, then every channel and
+then every payload, each followed by a NUL byte. PostgreSQL text never contains NUL, so the
+reader decodes each section with one call and splits it on NUL.
+
 The magic lets a processor that replaces a crashed one find the next frame boundary when its
 predecessor stopped reading in the middle of a frame: 0xFE never occurs in UTF-8 text. The C
 listener in ``csrc/`` writes the same layout.
 """
 
+import array
 import struct
+import sys
 from typing import List, Tuple
 
 MAGIC = b"\xfeN"
@@ -20,6 +27,8 @@ HEADER_SIZE = HEADER.size
 KIND_NOTIFICATION = 1
 KIND_GAP = 2
 KIND_SESSION = 3
+KIND_BATCH = 4
+KINDS = (KIND_NOTIFICATION, KIND_GAP, KIND_SESSION, KIND_BATCH)
 
 GAP_START = 0
 GAP_RECONNECT = 1
@@ -42,8 +51,8 @@ class FrameError(ValueError):
 
 def encode_frame(kind: int, flags: int, channel: bytes, pid: int, payload: bytes) -> bytes:
     """Return one frame; raise FrameError if a field does not fit the format."""
-    if kind not in (KIND_NOTIFICATION, KIND_GAP, KIND_SESSION):
-        raise FrameError(f"invalid frame kind {kind!r}: expected 1, 2 or 3")
+    if kind not in KINDS:
+        raise FrameError(f"invalid frame kind {kind!r}: expected one of {KINDS}")
     if len(channel) > MAX_CHANNEL_BYTES:
         raise FrameError(f"channel of {len(channel)} bytes exceeds the frame limit of {MAX_CHANNEL_BYTES}")
     if len(payload) > MAX_PAYLOAD_BYTES:
@@ -57,10 +66,53 @@ def _is_valid_header(buffer: bytes, offset: int) -> bool:
     return (
         magic == MAGIC
         and reserved == 0
-        and kind in (KIND_NOTIFICATION, KIND_GAP, KIND_SESSION)
+        and kind in KINDS
         and channel_len <= MAX_CHANNEL_BYTES
         and payload_len <= MAX_PAYLOAD_BYTES
     )
+
+
+def encode_batch(pids: List[int], channels: bytes, payloads: bytes) -> bytes:
+    """Return one batch frame.
+
+    ``channels`` and ``payloads`` are the encoded texts, each followed by a NUL byte, in the
+    order of ``pids``. Raises FrameError if the body exceeds the frame limit.
+    """
+    body = struct.pack("<I", len(channels)) + array.array("i", pids).tobytes() + channels + payloads
+    if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
+        raise FrameError("batch frames are only written on little-endian machines")
+    return encode_frame(KIND_BATCH, 0, b"", len(pids), body)
+
+
+def decode_batch(count: int, body: bytes, codec: str, errors: str) -> Tuple[List[str], List[str], List[int]]:
+    """Return the (channels, payloads, pids) columns of a batch frame's body.
+
+    Raises FrameError if the body does not hold ``count`` channels, payloads and pids.
+    """
+    pid_end = 4 + 4 * count
+    if count < 0 or len(body) < pid_end:
+        raise FrameError(f"invalid batch frame: {len(body)} bytes cannot hold {count} pids")
+    (channels_size,) = struct.unpack_from("<I", body)
+    channels_end = pid_end + channels_size
+    if channels_end > len(body) or count == 0:
+        raise FrameError(f"invalid batch frame: channel section of {channels_size} bytes does not fit")
+
+    pids = array.array("i")
+    pids.frombytes(body[4:pid_end])
+    channel_bytes = body[pid_end:channels_end - 1]
+    first = channel_bytes.split(b"\x00", 1)[0]
+    # Most batches carry one channel: comparing bytes is cheaper than decoding each copy.
+    if channel_bytes == b"\x00".join([first] * count):
+        channels = [first.decode(codec, errors)] * count
+    else:
+        channels = channel_bytes.decode(codec, errors).split("\x00")
+    payloads = body[channels_end:-1].decode(codec, errors).split("\x00")
+
+    if len(channels) != count or len(payloads) != count:
+        raise FrameError(
+            f"invalid batch frame: {len(channels)} channels and {len(payloads)} payloads for {count} pids"
+        )
+    return channels, payloads, pids.tolist()
 
 
 class FrameDecoder:
@@ -100,7 +152,7 @@ class FrameDecoder:
 
         while end - offset >= HEADER_SIZE:
             magic, kind, flags, channel_len, reserved, pid, payload_len = unpack_header(buffer, offset)
-            if magic != MAGIC or reserved != 0 or kind not in (KIND_NOTIFICATION, KIND_GAP, KIND_SESSION):
+            if magic != MAGIC or reserved != 0 or kind not in KINDS:
                 raise FrameError(f"invalid frame header at byte {offset}: the pipe is corrupt")
             if channel_len > MAX_CHANNEL_BYTES or payload_len > MAX_PAYLOAD_BYTES:
                 raise FrameError(

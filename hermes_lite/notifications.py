@@ -1,7 +1,8 @@
 """What a processor receives: notifications and gap signals."""
 
 import codecs
-from typing import NamedTuple, Union
+from itertools import repeat
+from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Union, overload
 
 
 class Notification(NamedTuple):
@@ -38,6 +39,68 @@ class Gap(NamedTuple):
 
 
 Item = Union[Notification, Gap]
+
+_new_tuple = tuple.__new__
+
+
+class Batch(Sequence[Item]):
+    """What a processor receives per iteration: an optional Gap, then notifications in order.
+
+    It is a sequence of Gap and Notification values, and also keeps the notifications as
+    three columns, ``channels``, ``payloads`` and ``pids``: a processor that reads these lists
+    directly skips building one Notification object per notification, which costs more than
+    receiving it. A gap only ever starts a batch, so ``gap`` (None when there is none) is
+    what comes before every notification of the batch.
+    """
+
+    __slots__ = ("gap", "channels", "payloads", "pids", "_items")
+
+    def __init__(
+        self,
+        gap: Optional[Gap] = None,
+        channels: Optional[List[str]] = None,
+        payloads: Optional[List[str]] = None,
+        pids: Optional[List[int]] = None,
+    ) -> None:
+        self.gap = gap
+        self.channels: List[str] = channels if channels is not None else []
+        self.payloads: List[str] = payloads if payloads is not None else []
+        self.pids: List[int] = pids if pids is not None else []
+        self._items: Optional[List[Item]] = None
+
+    def notifications(self) -> List[Notification]:
+        """Return the batch's notifications as Notification values, without the gap."""
+        return list(map(_new_tuple, repeat(Notification), zip(self.channels, self.payloads, self.pids)))
+
+    def _materialise(self) -> List[Item]:
+        if self._items is None:
+            items: List[Item] = [self.gap] if self.gap is not None else []
+            items.extend(self.notifications())
+            self._items = items
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self.payloads) + (self.gap is not None)
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self._materialise())
+
+    @overload
+    def __getitem__(self, index: int) -> Item: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> List[Item]: ...
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._materialise()[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Batch, list, tuple)):
+            return self._materialise() == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Batch(gap={self.gap!r}, notifications={len(self.payloads)})"
 
 # PostgreSQL encoding names that Python spells differently. SQL_ASCII means that the server
 # does no conversion at all, so the bytes are decoded as UTF-8, keeping undecodable bytes as

@@ -15,7 +15,7 @@ from hermes_lite import drain  # noqa: E402
 from hermes_lite._c_backend import CBackend  # noqa: E402
 from hermes_lite._listener import lib  # noqa: E402
 from hermes_lite.exceptions import ListenerConnectionError, ListenerQueryError  # noqa: E402
-from hermes_lite.frames import KIND_NOTIFICATION, FrameDecoder, encode_frame  # noqa: E402
+from hermes_lite.frames import KIND_BATCH, FrameDecoder, decode_batch, encode_batch, encode_frame  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -129,11 +129,32 @@ class PipeReader(threading.Thread):
                 return
             self.chunks.append(chunk)
 
-    def frames(self):
-        decoder = FrameDecoder()
-        frames = decoder.feed(b"".join(self.chunks))
-        decoder.finish()
-        return frames
+    def notifications(self):
+        return notifications_in(b"".join(self.chunks))
+
+
+def notifications_in(data):
+    """Return (channel, pid, payload) byte tuples for the notifications framed in ``data``.
+
+    Checks that ``data`` holds only whole batch frames and that each one is byte-identical to
+    what hermes_lite.frames.encode_batch writes for the same notifications.
+    """
+    decoder = FrameDecoder()
+    notifications = []
+    for kind, flags, channel, count, body in decoder.feed(data):
+        assert kind == KIND_BATCH
+        # latin-1 maps each byte to one character, so the columns keep the exact bytes.
+        channels, payloads, pids = decode_batch(count, body, "latin-1", "strict")
+        rebuilt = encode_batch(
+            pids,
+            "".join(name + "\x00" for name in channels).encode("latin-1"),
+            "".join(text + "\x00" for text in payloads).encode("latin-1"),
+        )
+        assert rebuilt == encode_frame(kind, flags, channel, count, body)
+        for name, pid, text in zip(channels, pids, payloads):
+            notifications.append((name.encode("latin-1"), pid, text.encode("latin-1")))
+    decoder.finish()
+    return notifications
 
 
 def test_drain_codes_match_python_constants():
@@ -153,7 +174,7 @@ def test_drain_codes_match_python_constants():
     ],
     ids=["ascii", "empty payload", "non-ascii", "maximum sizes"],
 )
-def test_frames_identical_to_encode_frame(backend, notifier, pipe, wake, channel, payload):
+def test_frames_identical_to_encode_batch(backend, notifier, pipe, wake, channel, payload):
     read_fd, write_fd = pipe
     backend.execute(f"LISTEN {quote_identifier(channel)}")
 
@@ -162,10 +183,8 @@ def test_frames_identical_to_encode_frame(backend, notifier, pipe, wake, channel
     drain_until_received(backend, write_fd, wake[0], 2)
 
     pid = notifier.info.backend_pid
-    expected = encode_frame(KIND_NOTIFICATION, 0, channel.encode(), pid, payload.encode()) + encode_frame(
-        KIND_NOTIFICATION, 0, channel.encode(), pid, b"second"
-    )
-    assert read_available(read_fd) == expected
+    expected = [(channel.encode(), pid, payload.encode()), (channel.encode(), pid, b"second")]
+    assert notifications_in(read_available(read_fd)) == expected
 
 
 def test_payload_in_client_encoding(postgres_cluster, notifier, pipe, wake):
@@ -180,10 +199,8 @@ def test_payload_in_client_encoding(postgres_cluster, notifier, pipe, wake):
     finally:
         backend.close()
 
-    expected = encode_frame(
-        KIND_NOTIFICATION, 0, "café".encode("latin-1"), notifier.info.backend_pid, "crème brûlée".encode("latin-1")
-    )
-    assert read_available(pipe[0]) == expected
+    expected = [("café".encode("latin-1"), notifier.info.backend_pid, "crème brûlée".encode("latin-1"))]
+    assert notifications_in(read_available(pipe[0])) == expected
 
 
 def test_client_encoding_and_backend_pid(backend, notifier):
@@ -206,14 +223,12 @@ def test_bulk_notifications_arrive_in_order(backend, notifier, pipe, wake):
     reader.join(timeout=30)
 
     assert not reader.is_alive()
-    frames = reader.frames()
-    assert len(frames) == BULK_COUNT
-    assert [payload for _kind, _flags, _channel, _pid, payload in frames] == [
+    notifications = reader.notifications()
+    assert len(notifications) == BULK_COUNT
+    assert [payload for _channel, _pid, payload in notifications] == [
         str(number).encode() for number in range(1, BULK_COUNT + 1)
     ]
-    assert {(kind, flags, channel, pid) for kind, flags, channel, pid, _payload in frames} == {
-        (KIND_NOTIFICATION, 0, b"bulk", notifier.info.backend_pid)
-    }
+    assert {(channel, pid) for channel, pid, _payload in notifications} == {(b"bulk", notifier.info.backend_pid)}
     assert backend.received == BULK_COUNT
 
 
@@ -245,8 +260,8 @@ def test_full_pipe_loses_nothing(backend, notifier, pipe, wake):
     os.close(write_fd)
     reader.join(timeout=30)
 
-    frames = reader.frames()
-    assert [payload for _kind, _flags, _channel, _pid, payload in frames] == [
+    notifications = reader.notifications()
+    assert [payload for _channel, _pid, payload in notifications] == [
         str(number).encode() for number in range(1, BULK_COUNT + 1)
     ]
 
@@ -303,9 +318,7 @@ def test_reconnect_after_connection_lost(backend, notifier, pipe, wake):
     drain_until_received(backend, pipe[1], wake[0], 1)
 
     assert backend.backend_pid != old_pid
-    assert FrameDecoder().feed(read_available(pipe[0])) == [
-        (KIND_NOTIFICATION, 0, b"again", notifier.info.backend_pid, b"after reconnect")
-    ]
+    assert notifications_in(read_available(pipe[0])) == [(b"again", notifier.info.backend_pid, b"after reconnect")]
 
 
 def test_drain_pipe_closed_while_idle(backend, pipe, wake):
@@ -376,8 +389,8 @@ def test_notification_during_execute_delivered(backend, notifier, pipe, wake):
 
     drain_until_received(backend, pipe[1], wake[0], 1)
 
-    assert FrameDecoder().feed(read_available(pipe[0])) == [
-        (KIND_NOTIFICATION, 0, b"first", notifier.info.backend_pid, b"sent before the next command")
+    assert notifications_in(read_available(pipe[0])) == [
+        (b"first", notifier.info.backend_pid, b"sent before the next command")
     ]
 
 

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from hermes_lite import frames
-from hermes_lite.notifications import Gap, Notification
+from hermes_lite.notifications import Batch, Gap, Notification
 from hermes_lite.pipes import PipeClosed, notification_pipe
 
 
@@ -129,3 +129,76 @@ def test_reader_raises_when_writers_closed():
 
     with pytest.raises(PipeClosed):
         reader.read_batch(timeout=5)
+
+
+def batch_frame(rows):
+    """Return a batch frame of (channel, payload, pid) rows, encoded as UTF-8."""
+    channels = "".join(channel + "\x00" for channel, _, _ in rows).encode()
+    payloads = "".join(payload + "\x00" for _, payload, _ in rows).encode()
+    return frames.encode_batch([pid for _, _, pid in rows], channels, payloads)
+
+
+def test_batch_round_trip_mixed_channels():
+    rows = [("a", "1", 10), ("b", "", 11), ("a", "ü€😀", 12)]
+    [(kind, _flags, _channel, count, body)] = frames.FrameDecoder().feed(batch_frame(rows))
+
+    channels, payloads, pids = frames.decode_batch(count, body, "utf-8", "strict")
+
+    assert kind == frames.KIND_BATCH
+    assert list(zip(channels, payloads, pids)) == rows
+
+
+def test_batch_single_channel_shortcut():
+    rows = [("same", str(number), 1) for number in range(5)]
+    [(_kind, _flags, _channel, count, body)] = frames.FrameDecoder().feed(batch_frame(rows))
+
+    channels, payloads, _pids = frames.decode_batch(count, body, "utf-8", "strict")
+
+    assert channels == ["same"] * 5
+    assert payloads == ["0", "1", "2", "3", "4"]
+
+
+@pytest.mark.parametrize("count", [0, 3, 100])
+def test_batch_with_wrong_count_raises(count):
+    body = batch_frame([("a", "1", 10), ("b", "2", 11)])[frames.HEADER_SIZE:]
+
+    with pytest.raises(frames.FrameError, match="invalid batch frame"):
+        frames.decode_batch(count, body, "utf-8", "strict")
+
+
+def test_reader_returns_batch_columns():
+    reader, writer = notification_pipe()
+    os.write(writer.fileno(), batch_frame([("ch", "1", 5), ("ch", "2", 6)]))
+
+    batch = reader.read_batch(timeout=5)
+
+    assert batch.gap is None
+    assert batch.channels == ["ch", "ch"]
+    assert batch.payloads == ["1", "2"]
+    assert batch.pids == [5, 6]
+    assert list(batch) == [Notification("ch", "1", 5), Notification("ch", "2", 6)]
+
+
+def test_reader_starts_new_batch_at_gap():
+    reader, writer = notification_pipe()
+    data = batch_frame([("ch", "before", 5)])
+    data += frames.encode_frame(frames.KIND_GAP, frames.GAP_RECONNECT, b"", 9, b"")
+    data += batch_frame([("ch", "after", 6)])
+    os.write(writer.fileno(), data)
+
+    first = reader.read_batch(timeout=5)
+    second = reader.read_batch(timeout=0)
+
+    assert first == [Notification("ch", "before", 5)]
+    assert second.gap == Gap("reconnect", 9)
+    assert second.payloads == ["after"]
+
+
+def test_batch_is_sequence_of_items():
+    batch = Batch(Gap("start", 1), ["a"], ["p"], [3])
+
+    assert len(batch) == 2
+    assert batch[0].is_gap
+    assert batch[1] == Notification("a", "p", 3)
+    assert batch.notifications() == [Notification("a", "p", 3)]
+    assert not Batch()
