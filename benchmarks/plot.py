@@ -1,6 +1,6 @@
 """Draw the throughput of every client in every workload from run.py's JSON results, as a PNG.
 
-    python benchmarks/plot.py benchmarks/results/latest.json benchmarks/results/throughput.png
+    python benchmarks/plot.py benchmarks/results/latest.json docs/benchmarks.png
 
 Bars are the median notifications a second on a log scale, grouped by workload. A client
 whose runs failed their count or order check gets no bar but a "failed" label. The steady
