@@ -372,8 +372,19 @@ class Client:
                 pass  # the pipe already holds a wakeup
 
     def _handle_stop_signal(self, signum: int, frame: Any) -> None:
-        # Only a flag and a wakeup: the loop does the stopping outside the handler. No lock
-        # is taken here, because the handler is installed only while the wake pipe is open.
+        # The first signal only sets a flag and wakes the loop, which stops the components
+        # gracefully outside the handler. A second one kills them at once: os.kill does not
+        # block, and the graceful stop then finds them gone. No lock is taken here, because
+        # the handler is installed only while the wake pipe is open.
+        if self._stop_requested:
+            for component in self._components():
+                if component.is_alive():
+                    try:
+                        os.kill(component.ident, signal.SIGKILL)  # type: ignore[arg-type]
+                    except ProcessLookupError:
+                        pass
+            return
+
         self._stop_requested = True
         try:
             os.write(self._wake_write, b"\0")  # type: ignore[arg-type]

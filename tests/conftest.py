@@ -1,6 +1,15 @@
+import os
+import sys
+
 import pytest
 
-from hermes_lite.listeners import C_EXTENSION_AVAILABLE, IMPLEMENTATIONS
+# Test this checkout's hermes_lite, in this process and in the processes the tests start,
+# even when another checkout is installed in editable mode in the same environment.
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPOSITORY)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")]))
+
+from hermes_lite.listeners import C_EXTENSION_AVAILABLE, IMPLEMENTATIONS  # noqa: E402
 
 pytest_plugins = ["hermes_lite.pytest_plugin"]
 
