@@ -289,10 +289,12 @@ static int frame_notifications(hl_listener *listener, size_t limit)
              * overflow gap in its place, the signal that notifications were missed. */
             size = 4 + strlen(notify->relname) + 1 + strlen(notify->extra) + 1;
             if (strlen(notify->relname) > FRAME_MAX_CHANNEL || size > BATCH_MAX_BODY) {
+                int failed = append_batch(listener) < 0
+                             || append_frame(listener, FRAME_KIND_GAP, FRAME_GAP_OVERFLOW, "", 0,
+                                             PQbackendPID(listener->conn), "", 0) < 0;
+                /* NOTE: out of memory, the gap frame for it is lost too. */
                 PQfreemem(notify);
-                if (append_batch(listener) < 0
-                    || append_frame(listener, FRAME_KIND_GAP, FRAME_GAP_OVERFLOW, "", 0,
-                                    PQbackendPID(listener->conn), "", 0) < 0)
+                if (failed)
                     return -1;
                 continue;
             }
@@ -474,7 +476,8 @@ int hl_listener_exec(hl_listener *listener, const char *sql)
         return HL_ERROR_CONNECTION;
     }
     if (result == NULL) {
-        /* With the connection still good, PQexec returns NULL only when out of memory. */
+        /* With the connection still good, PQexec returns NULL when out of memory (or in COPY
+         * BOTH or pipeline mode, which this listener never enters). */
         set_libpq_error(listener, PQerrorMessage(listener->conn), "out of memory while running a command");
         return HL_ERROR_NO_MEMORY;
     }
@@ -486,12 +489,17 @@ int hl_listener_exec(hl_listener *listener, const char *sql)
     }
     if (status == PGRES_FATAL_ERROR || status == PGRES_NONFATAL_ERROR || status == PGRES_BAD_RESPONSE) {
         set_libpq_error(listener, PQresultErrorMessage(result), "the command failed");
-    } else {
-        /* COPY and pipeline results have no place on a listening connection. */
-        set_error(listener, "the command returned the unexpected result status %s", PQresStatus(status));
+        PQclear(result);
+        return HL_ERROR_QUERY;
     }
+
+    /* A COPY leaves libpq in COPY mode, where neither draining nor other commands work, so
+     * the connection is closed and the caller reconnects. */
+    set_error(listener, "the command returned the unexpected result status %s; the connection was closed",
+              PQresStatus(status));
     PQclear(result);
-    return HL_ERROR_QUERY;
+    hl_listener_close(listener);
+    return HL_ERROR_CONNECTION;
 }
 
 int hl_listener_backend_pid(const hl_listener *listener)
@@ -647,6 +655,7 @@ int hl_listener_ping(hl_listener *listener, int timeout_ms)
         int64_t remaining;
         int ready;
 
+        /* Any result counts, an error too: the check asks whether the server answers. */
         while (!PQisBusy(listener->conn)) {
             PGresult *result = PQgetResult(listener->conn);
             if (result == NULL)

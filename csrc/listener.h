@@ -36,7 +36,8 @@ hl_listener *hl_listener_new(const char *conninfo);
 int hl_listener_connect(hl_listener *listener);
 
 /* Runs one command with PQexec, such as LISTEN "channel".
- * Returns HL_OK; HL_ERROR_CONNECTION when there is no connection or it broke;
+ * Returns HL_OK; HL_ERROR_CONNECTION when there is no connection, it broke, or the command
+ * started a COPY (the connection is then closed);
  * HL_ERROR_QUERY when the server rejected the command and the connection is still good;
  * HL_ERROR_NO_MEMORY. Except for HL_OK, hl_listener_error_message contains the reason. */
 int hl_listener_exec(hl_listener *listener, const char *sql);
