@@ -21,9 +21,13 @@ def format_rate(rate: Optional[float]) -> str:
     return "-" if rate is None else f"{rate:,.0f}"
 
 
-def format_by_role(values: Dict[str, float], digits: int, scale: float = 1.0) -> str:
-    """Return "total" for one process, or "total (role value, ...)" for several."""
-    total = sum(values.values()) / scale
+def format_by_role(values: Dict[str, float], digits: int, scale: float = 1.0, total: Any = None) -> str:
+    """Return "total" for one process, or "total (role value, ...)" for several.
+
+    ``total`` defaults to the sum of ``values``; a client with a helper process that is shown
+    but not counted passes its counted total.
+    """
+    total = (sum(values.values()) if total is None else total) / scale
     if len(values) == 1:
         return f"{total:.{digits}f}"
     parts = ", ".join(f"{role} {value / scale:.{digits}f}" for role, value in values.items())
@@ -73,7 +77,11 @@ def format_throughput(workload: Dict[str, Any]) -> List[str]:
                 format_rate(rate),
                 f"{format_rate(summary.get('rate_min'))}-{format_rate(summary.get('rate_max'))}" if rate else "-",
                 f"{rate / baseline:.2f}" if rate and baseline else "-",
-                format_by_role(summary["cpu_us_per_notification_by_role"], 2) if "peak_rss_kib" in summary else "-",
+                format_by_role(
+                    summary["cpu_us_per_notification_by_role"], 2, total=summary.get("cpu_us_per_notification")
+                )
+                if "peak_rss_kib" in summary
+                else "-",
                 f"{summary['backend_cpu_us_per_notification']:.2f}" if "peak_rss_kib" in summary else "-",
                 format_by_role(summary["peak_rss_kib"], 1, MIB) if "peak_rss_kib" in summary else "-",
                 check_cell(summary),

@@ -591,7 +591,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             connect = {"host": cluster.socket_dir, "port": cluster.port, "user": "postgres", "database": "postgres"}
             context = Context(cluster.dsn, connect, libpq_binary, build_dir)
             results = {
-                "command": " ".join(["python", "benchmarks/run.py"] + (argv if argv is not None else sys.argv[1:])),
+                "command": " ".join(["python3", "benchmarks/run.py"] + (argv if argv is not None else sys.argv[1:])),
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "machine": describe_machine(cluster),
                 "runs": arguments.runs,
