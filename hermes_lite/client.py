@@ -45,6 +45,10 @@ class Client:
     role_check_interval = 30.0
     """Seconds between role checks while nothing else triggers one."""
 
+    mp_context: Any = None
+    """The multiprocessing context for components that have none, and for the error queue;
+    None uses multiprocessing's default start method."""
+
     use_watchdog: Optional[bool] = None
     """How ``watch_path`` is watched: None uses watchdog when installed, False always polls with os.stat."""
 
@@ -130,9 +134,13 @@ class Client:
         return self._pipe
 
     def _wire_defaults(self, component: Component) -> None:
+        if component.mp_context is None:
+            component.mp_context = self.mp_context
         if component.error_queue is None:
             if self._error_queue is None:
-                self._error_queue = multiprocessing.Queue()
+                # A queue only crosses into processes started with the context that made it.
+                context = component.mp_context or multiprocessing.get_context()
+                self._error_queue = context.Queue()
             component.error_queue = self._error_queue
         if component.error_strategy is None:
             component.error_strategy = CommonErrorStrategy()

@@ -167,10 +167,32 @@ class Component:
             raise InvalidConfigurationException(f"{self.name} is already running as pid {self.ident}; stop it first")
 
         context = self.mp_context or multiprocessing.get_context()
+        if context.get_start_method() != "fork":
+            self._check_picklable(context.get_start_method())
         process = context.Process(target=_run_component, args=(self,), name=self.name, daemon=True)
         process.start()
         self._process = process
         logger.info("started %s as pid %s", self.name, process.pid)
+
+    def _check_picklable(self, start_method: str) -> None:
+        """Raise InvalidConfigurationException naming the first attribute that cannot be pickled.
+
+        The spawn and forkserver start methods send the component to its process by
+        pickling it. Queues, pipes and other multiprocessing objects are skipped: they can
+        only be pickled while a process is being started, and they support it then.
+        """
+        import pickle
+
+        for attribute, value in self.__getstate__().items():
+            if _is_multiprocessing_object(value):
+                continue
+            try:
+                pickle.dumps(value)
+            except Exception as error:
+                raise InvalidConfigurationException(
+                    f"{type(self).__name__}.{attribute} cannot be pickled for the {start_method} start method "
+                    f"({type(error).__name__}: {error}); create it in set_up() instead, or use the fork start method"
+                ) from None
 
     def is_alive(self) -> bool:
         """Return True while the component's process runs; False before start."""
@@ -333,6 +355,15 @@ class Component:
             self.tear_down()
         except Exception:
             logger.exception("%s: tear_down raised; continuing", self.name)
+
+
+def _is_multiprocessing_object(value: Any) -> bool:
+    module = type(value).__module__
+    if module.startswith("multiprocessing"):
+        return True
+    from .pipes import NotificationReader, NotificationWriter
+
+    return isinstance(value, (NotificationReader, NotificationWriter))
 
 
 def validate_backoff_limit(backoff_limit: Any) -> None:
