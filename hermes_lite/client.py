@@ -178,6 +178,7 @@ class Client:
         finally:
             self._stop_observer()
             self._stop_components()
+            self.master_pg_conn.disconnect()
             _restore_signal_handlers(previous_handlers)
             with self._lock:
                 self._running = False

@@ -20,3 +20,30 @@ def implementation(request):
     if request.param == "c" and not C_EXTENSION_AVAILABLE:
         pytest.skip("the C listener extension is not built")
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(request):
+    """Fail a test that leaves a child process or, on the shared cluster, a server session behind."""
+    yield
+
+    import multiprocessing
+    import time
+
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert multiprocessing.active_children() == [], "a test left child processes running"
+
+    if "postgres_cluster" not in request.fixturenames:
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    query = (
+        "SELECT pid, query FROM pg_stat_activity"
+        " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    )
+    sessions = cluster.execute(query)
+    while sessions and time.monotonic() < deadline:
+        time.sleep(0.05)
+        sessions = cluster.execute(query)
+    assert sessions == [], f"a test left server sessions open: {sessions}"
