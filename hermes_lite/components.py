@@ -123,7 +123,7 @@ class Component:
             self._source = make_source(self.notification_pipe)
             if self.restarted_after_crash:
                 # The crashed predecessor may have read notifications that it never
-                # processed; they are gone, so the first batch says so.
+                # processed. They are gone, so the first batch reports a gap.
                 self._source.restart_gap_sent = True
                 return [Gap("restart", 0)]
         return self._source.read_batch(timeout=None, wake_fd=self._wake_fd)

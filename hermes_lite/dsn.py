@@ -11,7 +11,7 @@ logger = logging.getLogger(__name__)
 DSN = Union[str, Mapping[str, Any]]
 
 # The hermes documentation spells the database name "database", as psycopg2.connect() accepts
-# it; libpq itself only knows "dbname".
+# it; libpq itself accepts only "dbname".
 _KEYWORD_ALIASES = {"database": "dbname"}
 
 # TCP keepalives detect a peer that vanished without closing the connection. libpq leaves them

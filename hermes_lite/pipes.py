@@ -3,7 +3,7 @@
 ``notification_pipe()`` makes the fast path: an OS pipe carrying binary frames
 (see ``frames``), written by the listener's drain loop and read in batches by the processor.
 hermes users instead passed a ``multiprocessing.Queue`` (or a ``Pipe``) to the listener and
-its reading end to the processor; ``make_sink`` and ``make_source`` adapt those objects, which
+its reading end to the processor. ``send_item`` and ``make_source`` adapt those objects, which
 carry pickled ``Notification`` and ``Gap`` values, one per message.
 """
 
