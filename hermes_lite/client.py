@@ -13,9 +13,20 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .components import EXIT_STOPPED, EXIT_STRATEGY_STOP, Component, ComponentError
+from .components import (
+    COUNTER_BATCHES,
+    COUNTER_DELIVERED,
+    COUNTER_GAPS,
+    COUNTER_LAST_NOTIFICATION,
+    COUNTER_SLOTS,
+    EXIT_STOPPED,
+    EXIT_STRATEGY_STOP,
+    Component,
+    ComponentError,
+    ComponentEvent,
+)
 from .connectors import PostgresConnector
 from .dsn import DSN, describe
 from .exceptions import InvalidConfigurationException
@@ -48,6 +59,14 @@ class Client:
     mp_context: Any = None
     """The multiprocessing context for components that have none, and for the error queue;
     None uses multiprocessing's default start method."""
+
+    stats_interval = 60.0
+    """Seconds between two INFO log lines of the counters and samples of the server's
+    notification queue usage."""
+
+    queue_usage_warning = 0.5
+    """Fraction of the server's notification queue in use above which a warning is logged: a
+    stuck listener fills the queue, and once it is full every NOTIFY fails."""
 
     use_watchdog: Optional[bool] = None
     """How ``watch_path`` is watched: None uses watchdog when installed, False always polls with os.stat."""
@@ -82,6 +101,15 @@ class Client:
         self.fatal_error: Optional[ComponentError] = None
 
         self._error_queue: Any = None
+        self._event_queue: Any = None
+        self._event_hooks: List[Callable[[ComponentEvent], None]] = []
+        self._stats: Dict[str, Any] = {
+            "reconnects": 0,
+            "connection_attempts_failed": 0,
+            "restarts": 0,
+            "role_changes": 0,
+            "queue_usage": None,
+        }
         self._pipe: Any = None
         self._wake_read: Optional[int] = None
         self._wake_write: Optional[int] = None
@@ -126,6 +154,8 @@ class Client:
         if processor.notification_pipe is None:
             processor.notification_pipe = self._notification_pipe()[0]
         self._wire_defaults(processor)
+        context = processor.mp_context or multiprocessing.get_context()
+        processor.counters = context.RawArray("d", COUNTER_SLOTS)
         self.processor = processor
 
     def _notification_pipe(self) -> Any:
@@ -136,14 +166,92 @@ class Client:
     def _wire_defaults(self, component: Component) -> None:
         if component.mp_context is None:
             component.mp_context = self.mp_context
+        # A queue only crosses into processes started with the context that made it.
+        context = component.mp_context or multiprocessing.get_context()
         if component.error_queue is None:
             if self._error_queue is None:
-                # A queue only crosses into processes started with the context that made it.
-                context = component.mp_context or multiprocessing.get_context()
                 self._error_queue = context.Queue()
             component.error_queue = self._error_queue
+        if self._event_queue is None:
+            self._event_queue = context.Queue()
+        component.event_queue = self._event_queue
         if component.error_strategy is None:
             component.error_strategy = CommonErrorStrategy()
+
+    # Observability.
+
+    def add_event_hook(self, hook: Callable[[ComponentEvent], None]) -> None:
+        """Call ``hook(event)`` in the supervising thread for every ComponentEvent.
+
+        Events: "connected", "reconnected", "disconnected" and "connection_attempt_failed"
+        from the listener, "component_restarted" and "role_changed" from the supervisor. A
+        hook that raises is logged and does not stop the client; a slow hook delays
+        supervision, so hand long work to another thread.
+        """
+        self._event_hooks.append(hook)
+
+    def stats(self) -> Dict[str, Any]:
+        """Return the counters: notifications delivered to the processor, batches, gaps,
+        the time of the last notification (seconds since the epoch, None before the first),
+        reconnects, failed connection attempts, component restarts, role changes and the
+        last sampled queue usage (pg_notification_queue_usage(), None before the first)."""
+        stats = dict(self._stats)
+        counters = self.processor.counters if self.processor is not None else None
+        if counters is not None:
+            stats["delivered"] = int(counters[COUNTER_DELIVERED])
+            stats["batches"] = int(counters[COUNTER_BATCHES])
+            stats["gaps"] = int(counters[COUNTER_GAPS])
+            last = counters[COUNTER_LAST_NOTIFICATION]
+            stats["last_notification_at"] = last or None
+        return stats
+
+    def _dispatch(self, event: ComponentEvent) -> None:
+        if event.kind == "reconnected":
+            self._stats["reconnects"] += 1
+        elif event.kind == "connection_attempt_failed":
+            self._stats["connection_attempts_failed"] += 1
+        elif event.kind == "component_restarted":
+            self._stats["restarts"] += 1
+        elif event.kind == "role_changed":
+            self._stats["role_changes"] += 1
+
+        for hook in self._event_hooks:
+            try:
+                hook(event)
+            except Exception:
+                logger.exception("an event hook raised on %s; continuing", event.kind)
+
+    def _collect_events(self) -> None:
+        while self._event_queue is not None:
+            try:
+                event = self._event_queue.get_nowait()
+            except Exception:  # queue.Empty; nothing else is expected from get_nowait
+                return
+            self._dispatch(event)
+
+    def _log_stats(self) -> None:
+        import psycopg2
+
+        if self._last_role == "primary":
+            try:
+                with self.master_pg_conn.pg_connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_notification_queue_usage()")
+                    self._stats["queue_usage"] = float(cursor.fetchone()[0])
+            except psycopg2.Error as error:
+                logger.debug("cannot sample the notification queue usage: %s", str(error).strip())
+
+        stats = self.stats()
+        logger.info(
+            "delivered %s notifications in %s batches, %s gaps, %s reconnects, %s restarts, queue usage %s",
+            stats.get("delivered", 0), stats.get("batches", 0), stats.get("gaps", 0),
+            stats["reconnects"], stats["restarts"], stats["queue_usage"],
+        )
+        usage = stats["queue_usage"]
+        if usage is not None and usage > self.queue_usage_warning:
+            logger.warning(
+                "the server's notification queue is %.0f%% full: a listener is not reading; "
+                "when it is full, every NOTIFY fails", usage * 100,
+            )
 
     # The supervision loop.
 
@@ -204,6 +312,7 @@ class Client:
 
     def _supervise(self) -> None:
         next_role_check = time.monotonic()
+        next_stats = time.monotonic() + self.stats_interval
         while not self._stop_requested:
             now = time.monotonic()
             if self._role_check_due or now >= next_role_check:
@@ -216,7 +325,12 @@ class Client:
                     delay = self._role_check_backoff
                 next_role_check = time.monotonic() + delay
 
-            self._wait(next_role_check)
+            if time.monotonic() >= next_stats:
+                self._log_stats()
+                next_stats = time.monotonic() + self.stats_interval
+
+            self._wait(min(next_role_check, next_stats))
+            self._collect_events()
             if self._stop_requested:
                 # A SIGTERM to the whole process group (systemd's default) reaches the
                 # components too; their exits are part of this stop, not crashes.
@@ -229,8 +343,9 @@ class Client:
 
     def _wait(self, deadline: float) -> None:
         waitables: List[Any] = [self._wake_read]
-        if self._error_queue is not None:
-            waitables.append(self._error_queue._reader)
+        for source in (self._error_queue, self._event_queue):
+            if source is not None:
+                waitables.append(source._reader)
         restart_unscheduled = False
         for component in self._components():
             process = component._process
@@ -295,6 +410,7 @@ class Client:
                 # A component stopped from outside finished its batch; a crashed one may not have.
                 component.restarted_after_crash = component.exitcode != EXIT_STOPPED
                 component.start()
+                self._dispatch(ComponentEvent(component.name, component.ident or 0, "component_restarted", ""))
                 self._started_at[component.name] = time.monotonic()
 
     # Role checks.
@@ -320,6 +436,8 @@ class Client:
         role = "primary" if is_primary else "standby"
         if role != self._last_role:
             logger.info("the server is a %s; %s the components", role, "running" if is_primary else "stopping")
+            if self._last_role is not None:
+                self._dispatch(ComponentEvent("client", os.getpid(), "role_changed", role))
             self._last_role = role
 
         if is_primary:

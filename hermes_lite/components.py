@@ -12,10 +12,11 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from typing import Any, NamedTuple, Optional, Tuple
 
 from .exceptions import InvalidConfigurationException
-from .notifications import Gap
+from .notifications import Batch, Gap
 from .pipes import drain_wake_fd, make_source, wait_readable
 from .repeats import RepeatLimiter
 
@@ -37,6 +38,28 @@ class ComponentError(NamedTuple):
     pid: int
     message: str
     fatal: bool
+
+
+class ComponentEvent(NamedTuple):
+    """A state change of a component, as sent to the supervisor's event hooks.
+
+    ``kind`` is "connected", "reconnected", "disconnected" or "connection_attempt_failed"
+    from a listener, and "component_restarted" or "role_changed" from the supervisor;
+    ``detail`` says more (an error message, a role).
+    """
+
+    component: str
+    pid: int
+    kind: str
+    detail: str = ""
+
+
+# Slots of a processor's shared counters, written by the processor, read by the supervisor.
+COUNTER_DELIVERED = 0
+COUNTER_BATCHES = 1
+COUNTER_GAPS = 2
+COUNTER_LAST_NOTIFICATION = 3
+COUNTER_SLOTS = 4
 
 
 class Component:
@@ -77,6 +100,9 @@ class Component:
         self.name = type(self).__name__
         self.mp_context: Any = None
         self.current_backoff = 0.0
+        # Set by the Client: where events go, and shared counters of delivered notifications.
+        self.event_queue: Any = None
+        self.counters: Any = None
         # Set by the supervisor before it restarts a crashed component; a processor then
         # starts with a Gap("restart").
         self.restarted_after_crash = False
@@ -252,8 +278,6 @@ class Component:
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``, waking early for a stop request; return True if stopping."""
         if self._wake_fd is None:
-            import time
-
             time.sleep(seconds)
             return self._stop_requested
 
@@ -288,6 +312,8 @@ class Component:
             pre_exec_value = self.pre_execute()
             if self._stop_requested and not pre_exec_value:
                 return
+            if self.counters is not None and isinstance(pre_exec_value, Batch):
+                self._count_batch(pre_exec_value)
 
             exec_value = self.execute(pre_exec_value)
             self.post_execute(exec_value)
@@ -317,6 +343,24 @@ class Component:
 
         self._report(message, bool(should_stop))
         return bool(should_stop), message
+
+    def _count_batch(self, batch: Batch) -> None:
+        counters = self.counters
+        counters[COUNTER_BATCHES] += 1
+        if batch.gap is not None:
+            counters[COUNTER_GAPS] += 1
+        if batch.payloads:
+            counters[COUNTER_DELIVERED] += len(batch.payloads)
+            counters[COUNTER_LAST_NOTIFICATION] = time.time()
+
+    def emit_event(self, kind: str, detail: str = "") -> None:
+        """Send a ComponentEvent to the supervisor's event hooks; does nothing without a Client."""
+        if self.event_queue is None:
+            return
+        try:
+            self.event_queue.put(ComponentEvent(self.name, os.getpid(), kind, detail))
+        except Exception as error:  # a full or closed queue must not stop the component
+            logger.warning("%s: could not send a %s event to the supervisor: %s", self.name, kind, error)
 
     def _report(self, message: str, fatal: bool) -> None:
         if self.error_queue is None:

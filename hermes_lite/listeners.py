@@ -180,11 +180,12 @@ class PostgresNotificationListener(Component):
         self._bridge_writer: Optional[NotificationWriter] = None
         self._has_connected = False
         self._failed_attempts = 0
+        self._connected_now = False
         self._stale_backend_pid: Optional[int] = None
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        for name in ("_backend", "_pipe_fd", "_bridge", "_bridge_writer", "_has_connected", "_failed_attempts", "_stale_backend_pid"):
+        for name in ("_backend", "_pipe_fd", "_bridge", "_bridge_writer", "_has_connected", "_failed_attempts", "_stale_backend_pid", "_connected_now"):
             state.pop(name, None)
         return state
 
@@ -236,7 +237,9 @@ class PostgresNotificationListener(Component):
             self.name, self.channels, self.implementation, pid,
             f" (reconnected after {self._failed_attempts} failed attempts)" if self._has_connected else "",
         )
+        self.emit_event("reconnected" if self._has_connected else "connected", f"backend pid {pid}")
         self._has_connected = True
+        self._connected_now = True
         self._failed_attempts = 0
         self._log_limiter.reset()
 
@@ -291,6 +294,8 @@ class PostgresNotificationListener(Component):
             return super()._handle_error(error)
 
         self._failed_attempts += 1
+        self.emit_event("disconnected" if self._connected_now else "connection_attempt_failed", str(error))
+        self._connected_now = False
         limit = self.max_reconnect_attempts
         if limit is not None and self._failed_attempts > limit:
             message = f"giving up after {limit} failed connection attempts in a row: {error}"
