@@ -11,8 +11,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPOSITORY, os.environ.
 
 from hermes_lite.listeners import C_EXTENSION_AVAILABLE, IMPLEMENTATIONS  # noqa: E402
 
-pytest_plugins = ["hermes_lite.pytest_plugin"]
-
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 def implementation(request):
