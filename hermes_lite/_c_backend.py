@@ -74,7 +74,8 @@ class CBackend:
         name = lib.hl_listener_client_encoding(self._listener)
         if name == ffi.NULL:
             raise ListenerConnectionError("the listener is not connected")
-        return ffi.string(name).decode("ascii", errors="replace")
+        encoding: bytes = ffi.string(name)
+        return encoding.decode("ascii", errors="replace")
 
     @property
     def error_message(self) -> str:

@@ -10,7 +10,7 @@ import logging
 import os
 import select
 import time
-from typing import Optional
+from typing import List, Optional
 
 import psycopg2
 import psycopg2.extensions
@@ -216,7 +216,7 @@ class PythonBackend:
         self.received += len(notifies)
         del notifies[:]
 
-    def _frame_batch(self, chunk: list) -> None:
+    def _frame_batch(self, chunk: List[psycopg2.extensions.Notify]) -> None:
         codec = self._codec
         channels = ("\x00".join([notify.channel for notify in chunk]) + "\x00").encode(codec, "surrogateescape")
         payloads = ("\x00".join([notify.payload for notify in chunk]) + "\x00").encode(codec, "surrogateescape")

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Generator, List, NamedTuple, Optional, Sequence, Tuple
 
 from .dsn import mask_password
 from .exceptions import HermesLiteError, InvalidConfigurationException
@@ -308,10 +308,10 @@ def _format_text_line(item: Any, received_at: str) -> str:
     return f"{item.channel.translate(_TEXT_ESCAPES)}\t{item.pid}\t{item.payload.translate(_TEXT_ESCAPES)}\n"
 
 
-def _print_batch(batch: List[Any], format_line: Callable[[Any, str], str], limit: Optional[int]) -> int:
+def _print_batch(batch: Sequence[Any], format_line: Callable[[Any, str], str], limit: Optional[int]) -> int:
     """Print the notifications of ``batch``, at most ``limit`` of them; return how many were printed."""
     received_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    lines = []
+    lines: List[str] = []
     for item in batch:
         if limit is not None and len(lines) == limit:
             break
@@ -603,7 +603,8 @@ def _get_report(reports: Any, child: Any, timeout: float) -> Tuple[Any, ...]:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return reports.get(timeout=0.2)
+            report: Tuple[Any, ...] = reports.get(timeout=0.2)
+            return report
         except queue.Empty:
             if not child.is_alive():
                 raise HermesLiteError(f"the {child.name} process exited with status {child.exitcode}") from None
@@ -633,6 +634,8 @@ def _drain_with_driver(driver: str, dsn: str, count: int, reports: Any) -> None:
     Puts ("ready",) once LISTEN is active, ("progress", received) every 10,000 notifications,
     and ("done", received, in_order, monotonic time of the last one) at the end.
     """
+    payloads: Generator[str, None, None]
+    close_connection: Callable[[], None]
     if driver == "psycopg2":
         import psycopg2
 
@@ -640,12 +643,14 @@ def _drain_with_driver(driver: str, dsn: str, count: int, reports: Any) -> None:
         connection.autocommit = True
         connection.cursor().execute(f'LISTEN "{BENCH_CHANNEL}"')
         payloads = _psycopg2_payloads(connection)
+        close_connection = connection.close
     else:
         import psycopg
 
-        connection = psycopg.connect(dsn, autocommit=True)
-        connection.execute(f'LISTEN "{BENCH_CHANNEL}"')
-        payloads = (notification.payload for notification in connection.notifies(timeout=BENCH_TIMEOUT))
+        peer = psycopg.connect(dsn, autocommit=True)
+        peer.execute(f'LISTEN "{BENCH_CHANNEL}"')
+        payloads = (notification.payload for notification in peer.notifies(timeout=BENCH_TIMEOUT))
+        close_connection = peer.close
 
     reports.put(("ready",))
     received = 0
@@ -663,10 +668,10 @@ def _drain_with_driver(driver: str, dsn: str, count: int, reports: Any) -> None:
     finally:
         # psycopg's notifies() holds the connection's lock until the generator is closed.
         payloads.close()
-        connection.close()
+        close_connection()
 
 
-def _psycopg2_payloads(connection: Any) -> Any:
+def _psycopg2_payloads(connection: Any) -> Generator[str, None, None]:
     # The drain loop that psycopg2's documentation describes: wait for the socket, poll, take notifies.
     while True:
         if not select.select([connection], [], [], BENCH_TIMEOUT)[0]:

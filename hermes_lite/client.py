@@ -236,7 +236,9 @@ class Client:
             try:
                 with self.master_pg_conn.pg_connection.cursor() as cursor:
                     cursor.execute("SELECT pg_notification_queue_usage()")
-                    self._stats["queue_usage"] = float(cursor.fetchone()[0])
+                    row = cursor.fetchone()
+                    assert row is not None  # a SELECT without FROM returns exactly one row
+                    self._stats["queue_usage"] = float(row[0])
             except psycopg2.Error as error:
                 logger.debug("cannot sample the notification queue usage: %s", str(error).strip())
 
@@ -521,7 +523,7 @@ class Client:
     def _install_signal_handlers(self) -> Dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
-        previous = {}
+        previous: Dict[int, Any] = {}
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, self._handle_stop_signal)
         return previous

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from .exceptions import InvalidConfigurationException
 from .notifications import Batch, Gap
@@ -116,7 +116,7 @@ class Component:
         self._source: Any = None
         self._log_limiter = RepeatLimiter()
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> Dict[str, Any]:
         # Sent to the child under the spawn and forkserver start methods: the process handle
         # stays with the parent and the child builds its own signal state.
         state = self.__dict__.copy()
@@ -124,7 +124,7 @@ class Component:
             state.pop(name, None)
         return state
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._process = None
         self._init_child_state()
@@ -151,7 +151,7 @@ class Component:
                 # The crashed predecessor may have read notifications that it never
                 # processed. They are gone, so the first batch reports a gap.
                 self._source.restart_gap_sent = True
-                return [Gap("restart", 0)]
+                return Batch(Gap("restart", 0))
         return self._source.read_batch(timeout=None, wake_fd=self._wake_fd)
 
     def execute(self, pre_exec_value: Any) -> Any:

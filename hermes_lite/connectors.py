@@ -2,7 +2,7 @@
 
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional
 
 import psycopg2
 import psycopg2.extensions
@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 # Connections inherited through fork, kept referenced so that they are never deallocated in
 # the child: psycopg2 closes a connection when it is garbage collected, which would end the
 # parent's session.
-_inherited_connections: list = []
+_inherited_connections: List[psycopg2.extensions.connection] = []
 
 CONNECT_TIMEOUT_SECONDS = "10"
 """libpq's connect_timeout unless the DSN sets one, so that an unreachable host never hangs a check."""
@@ -41,7 +41,7 @@ class PostgresConnector:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({describe(self.dsn)!r})"
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> Dict[str, Any]:
         # A connection cannot cross a process boundary; the receiving process opens its own.
         state = self.__dict__.copy()
         state["_connection"] = None
@@ -96,6 +96,7 @@ class PostgresConnector:
         except psycopg2.Error:
             self.disconnect()
             raise
+        assert row is not None  # a SELECT without FROM returns exactly one row
         return not row[0]
 
     def _forget_inherited_connection(self) -> None:

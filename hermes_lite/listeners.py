@@ -10,7 +10,7 @@ import multiprocessing.connection
 import os
 import random
 import threading
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from . import frames
 from .components import Component
@@ -183,13 +183,13 @@ class PostgresNotificationListener(Component):
         self._connected_now = False
         self._stale_backend_pid: Optional[int] = None
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> Dict[str, Any]:
         state = super().__getstate__()
         for name in ("_backend", "_pipe_fd", "_bridge", "_bridge_writer", "_has_connected", "_failed_attempts", "_stale_backend_pid", "_connected_now"):
             state.pop(name, None)
         return state
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
         self._init_listener_state()
 
@@ -253,7 +253,9 @@ class PostgresNotificationListener(Component):
         status = backend.drain(self._pipe_fd, self.wake_fd, int(self.health_check_interval * 1000))
 
         if status == DRAIN_WOKEN:
-            drain_wake_fd(self.wake_fd)
+            wake_fd = self.wake_fd
+            assert wake_fd is not None  # DRAIN_WOKEN means that drain() saw this descriptor readable
+            drain_wake_fd(wake_fd)
         elif status == DRAIN_TIMEOUT:
             pid = backend.backend_pid
             if backend.ping(int(self.health_check_timeout * 1000)) != 0:

@@ -16,7 +16,10 @@ class Notification(NamedTuple):
     payload: str
     pid: int
 
-    is_gap = False
+    @property
+    def is_gap(self) -> bool:
+        """Whether this item is a Gap: always False for a Notification."""
+        return False
 
 
 class Gap(NamedTuple):
@@ -35,7 +38,10 @@ class Gap(NamedTuple):
     pid: int
     dropped: int = 0
 
-    is_gap = True
+    @property
+    def is_gap(self) -> bool:
+        """Whether this item is a Gap: always True for a Gap."""
+        return True
 
 
 Item = Union[Notification, Gap]

@@ -16,7 +16,7 @@ import multiprocessing.connection
 import os
 import select
 import sys
-from typing import Any, Deque, List, Optional
+from typing import Any, Deque, Dict, List, Optional
 
 from . import frames
 from .exceptions import InvalidConfigurationException
@@ -133,11 +133,11 @@ class NotificationReader:
         # True once a Gap("restart") went to the processor, which then needs no second one.
         self.restart_gap_sent = False
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> Dict[str, Any]:
         # A reader starts decoding afresh in the process it is sent to.
         return {"_connection": self._connection}
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__init__(state["_connection"])  # type: ignore[misc]
 
     def fileno(self) -> int:
@@ -234,15 +234,21 @@ def enlarge_pipe(fd: int) -> None:
 
 
 class _QueueSource:
-    """Reads pickled items from a hermes-style queue or connection, in batches."""
+    """Reads pickled items from a hermes-style queue or connection, in Batches like the fast pipe's."""
 
     MAX_BATCH = 10000
 
     def __init__(self, source: Any) -> None:
         self._source = source
+        self._ready: Deque[Batch] = collections.deque()
         self.restart_gap_sent = False
 
-    def read_batch(self, timeout: Optional[float] = None, wake_fd: Optional[int] = None) -> List[Item]:
+    def read_batch(self, timeout: Optional[float] = None, wake_fd: Optional[int] = None) -> Batch:
+        if not self._ready:
+            self._ready.extend(batches_of(self._receive(timeout, wake_fd)))
+        return self._ready.popleft() if self._ready else Batch()
+
+    def _receive(self, timeout: Optional[float], wake_fd: Optional[int]) -> List[Item]:
         source = self._source
         if isinstance(source, multiprocessing.connection.Connection):
             watched = [source.fileno()] if wake_fd is None else [source.fileno(), wake_fd]
@@ -267,6 +273,24 @@ class _QueueSource:
             except queue.Empty:
                 break
         return items
+
+
+def batches_of(items: List[Item]) -> List[Batch]:
+    """Group Notification and Gap values into Batches, starting a new one at every gap."""
+    batches: List[Batch] = []
+    current = Batch()
+    for item in items:
+        if isinstance(item, Gap):
+            if current:
+                batches.append(current)
+            current = Batch(item)
+        else:
+            current.channels.append(item.channel)
+            current.payloads.append(item.payload)
+            current.pids.append(item.pid)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def make_source(notification_pipe: Any) -> Any:

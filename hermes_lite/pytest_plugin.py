@@ -3,13 +3,15 @@
 Enable them with ``pytest_plugins = ["hermes_lite.pytest_plugin"]`` in a conftest.py.
 """
 
+from typing import Iterator
+
 import pytest
 
 from hermes_lite.testing import PostgresCluster
 
 
 @pytest.fixture(scope="session")
-def postgres_cluster():
+def postgres_cluster() -> Iterator[PostgresCluster]:
     """Yield one running PostgresCluster shared by every test of the session.
 
     Tests must not stop, restart or reconfigure it, because later tests expect it as it was;
@@ -21,7 +23,7 @@ def postgres_cluster():
 
 
 @pytest.fixture
-def fresh_postgres_cluster():
+def fresh_postgres_cluster() -> Iterator[PostgresCluster]:
     """Yield a running PostgresCluster of its own to one test, removed after it.
 
     Meant for tests that stop, restart, promote or break the server. Raises ClusterError at

@@ -45,7 +45,8 @@ def notify(conn_or_dsn: Any, channel: str, payload: str = "") -> None:
 
 
 def _as_dsn(value: Any) -> DSN:
-    return value  # validated by PostgresConnector
+    dsn: DSN = value  # validated by PostgresConnector
+    return dsn
 
 
 def _send(connection: Any, channel: str, payload: str) -> None:

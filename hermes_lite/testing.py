@@ -15,9 +15,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from hermes_lite.exceptions import ClusterError, InvalidConfigurationException
+
+if TYPE_CHECKING:
+    # psycopg2 is imported in connect() only, so that the rest works without it.
+    import psycopg2.extensions
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +204,8 @@ def _pick_free_port() -> int:
     # port, and a free TCP port stays usable if the settings turn on listen_addresses.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def _quote_setting_value(value: object) -> str:
@@ -261,6 +266,16 @@ def _remove_started_clusters() -> None:
             logger.exception("failed to remove PostgreSQL cluster in %s at exit", cluster.root_dir)
 
 
+class _ClusterPaths(NamedTuple):
+    """The locations of a started cluster: PostgresCluster's optional attributes, none of them None."""
+
+    root_dir: str
+    data_dir: str
+    socket_dir: str
+    log_file: str
+    port: int
+
+
 class PostgresCluster:
     """A PostgreSQL cluster in a fresh temporary directory, reachable only through a unix socket.
 
@@ -311,7 +326,7 @@ class PostgresCluster:
         self.log_file: Optional[str] = None
 
         self._server_user = _server_user_entry()
-        self._watchdog: Optional[subprocess.Popen] = None
+        self._watchdog: Optional["subprocess.Popen[bytes]"] = None
         self._primary: Optional["PostgresCluster"] = None
         self._standbys: List["PostgresCluster"] = []
 
@@ -338,16 +353,16 @@ class PostgresCluster:
 
         Raises ClusterError before ``start()``.
         """
-        self._require_created()
-        return {"host": self.socket_dir, "port": self.port, "dbname": "postgres", "user": SERVER_USER}
+        paths = self._started_paths()
+        return {"host": paths.socket_dir, "port": paths.port, "dbname": "postgres", "user": SERVER_USER}
 
     def dsn_for(self, dbname: str) -> str:
         """Return the libpq conninfo string of database ``dbname``. Raises ClusterError before ``start()``."""
-        self._require_created()
-        parameters = {"host": self.socket_dir, "port": self.port, "dbname": dbname, "user": SERVER_USER}
+        paths = self._started_paths()
+        parameters = {"host": paths.socket_dir, "port": paths.port, "dbname": dbname, "user": SERVER_USER}
         return " ".join(f"{key}={_quote_conninfo_value(value)}" for key, value in parameters.items())
 
-    def connect(self, dbname: str = "postgres", **kwargs: object):
+    def connect(self, dbname: str = "postgres", **kwargs: Any) -> "psycopg2.extensions.connection":
         """Open a psycopg2 connection in autocommit mode to database ``dbname``.
 
         ``kwargs`` are passed to ``psycopg2.connect``. Raises ClusterError when psycopg2 is
@@ -361,13 +376,14 @@ class PostgresCluster:
                 "psycopg2 is required to connect to the test cluster; pip install psycopg2-binary"
             ) from exc
 
-        connection = psycopg2.connect(self.dsn_for(dbname), **kwargs)
+        # psycopg2.connect() is typed Any here, because Any kwargs could match any of its overloads.
+        connection: psycopg2.extensions.connection = psycopg2.connect(self.dsn_for(dbname), **kwargs)
         connection.autocommit = True
         return connection
 
     def execute(
         self, sql: str, params: Optional[Sequence[object]] = None, dbname: str = "postgres"
-    ) -> Optional[List[tuple]]:
+    ) -> Optional[List[Tuple[Any, ...]]]:
         """Run one statement on a new connection and return its rows, or None if it returns none.
 
         Errors are those of ``connect()`` and psycopg2's for the statement.
@@ -447,9 +463,9 @@ class PostgresCluster:
         Raises ClusterError before ``start()`` or when pg_ctl fails, with the server log tail.
         """
         _validate_stop_mode(mode)
-        self._require_created()
+        paths = self._started_paths()
 
-        self._run_pg_ctl_with_log("restart", "-w", "-m", mode, "-l", self.log_file)
+        self._run_pg_ctl_with_log("restart", "-w", "-m", mode, "-l", paths.log_file)
         logger.info("restarted PostgreSQL server in %s (mode %s), pid %s", self.data_dir, mode, self.postmaster_pid)
 
     def promote(self) -> None:
@@ -457,7 +473,7 @@ class PostgresCluster:
 
         Raises ClusterError when pg_ctl fails, for example because the server is not a standby.
         """
-        self._require_created()
+        self._started_paths()
 
         self.pg_ctl("promote", "-w")
         logger.info("promoted standby in %s", self.data_dir)
@@ -472,6 +488,7 @@ class PostgresCluster:
         """
         if not self.is_running():
             raise ClusterError(f"cannot make a standby of {self.data_dir!r}: the server is not running")
+        paths = self._started_paths()
 
         standby = PostgresCluster(
             bindir=self.bindir, settings=self.settings, encoding=self.encoding, locale=self.locale
@@ -480,12 +497,13 @@ class PostgresCluster:
         self._standbys.append(standby)
 
         try:
-            standby._create_root_dir(self.root_dir, prefix="standby-")
-            standby._send_to_watchdog(f"watch {standby.data_dir}")
+            standby._create_root_dir(paths.root_dir, prefix="standby-")
+            standby_paths = standby._started_paths()
+            standby._send_to_watchdog(f"watch {standby_paths.data_dir}")
             standby.run_as_server_user(
                 [
-                    "pg_basebackup", "-D", standby.data_dir, "-R", "-X", "stream", "-c", "fast",
-                    "--no-sync", "-h", self.socket_dir, "-p", str(self.port), "-U", SERVER_USER,
+                    "pg_basebackup", "-D", standby_paths.data_dir, "-R", "-X", "stream", "-c", "fast",
+                    "--no-sync", "-h", paths.socket_dir, "-p", str(paths.port), "-U", SERVER_USER,
                 ]
             )
 
@@ -555,16 +573,16 @@ class PostgresCluster:
 
     # -- running server programs -------------------------------------------------------------
 
-    def pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def pg_ctl(self, *args: str, check: bool = True) -> "subprocess.CompletedProcess[str]":
         """Run ``pg_ctl -D <data_dir> *args`` as the server user and return its result.
 
         Raises ClusterError before ``start()``, and when ``check`` is true and pg_ctl exits
         with a non-zero status.
         """
-        self._require_created()
-        return self.run_as_server_user(["pg_ctl", "-D", self.data_dir, *args], check=check)
+        paths = self._started_paths()
+        return self.run_as_server_user(["pg_ctl", "-D", paths.data_dir, *args], check=check)
 
-    def run_as_server_user(self, command: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess:
+    def run_as_server_user(self, command: Sequence[str], *, check: bool = True) -> "subprocess.CompletedProcess[str]":
         """Run ``command`` as the server user (``postgres`` under root, else this user).
 
         A program name without a slash is taken from ``bindir``. The output is captured as text
@@ -578,7 +596,7 @@ class PostgresCluster:
 
         # The server user may be unable to enter our working directory (such as /root), which
         # initdb and pg_ctl warn about, so every command runs in /.
-        options: Dict[str, object] = {"cwd": "/"}
+        options: Dict[str, Any] = {"cwd": "/"}
         if self._server_user is not None:
             entry = self._server_user
             options.update(
@@ -613,9 +631,17 @@ class PostgresCluster:
 
     # -- private steps -----------------------------------------------------------------------
 
-    def _require_created(self) -> None:
-        if self.root_dir is None:
+    def _started_paths(self) -> _ClusterPaths:
+        """Return the cluster's locations; raise ClusterError before ``start()`` and after ``remove()``."""
+        if (
+            self.root_dir is None
+            or self.data_dir is None
+            or self.socket_dir is None
+            or self.log_file is None
+            or self.port is None
+        ):
             raise ClusterError("the PostgreSQL cluster is not started: call start() first")
+        return _ClusterPaths(self.root_dir, self.data_dir, self.socket_dir, self.log_file, self.port)
 
     def _create_root_dir(self, parent: Optional[str], prefix: str = "hermes-lite-pg-") -> None:
         """Create the temporary directory, hand it to the server user and start the watchdog.
@@ -629,11 +655,12 @@ class PostgresCluster:
         self.log_file = os.path.join(self.root_dir, "server.log")
         self.port = _pick_free_port()
         _register(self)
+        paths = self._started_paths()
 
         if self._primary is None:
             self._start_watchdog()
 
-        socket_path = os.path.join(self.socket_dir, f".s.PGSQL.{self.port}")
+        socket_path = os.path.join(paths.socket_dir, f".s.PGSQL.{paths.port}")
         if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH_BYTES:
             raise ClusterError(
                 f"the socket path {socket_path!r} is longer than {MAX_SOCKET_PATH_BYTES} bytes; "
@@ -643,25 +670,27 @@ class PostgresCluster:
         # mkdtemp makes the directory 0700 and owned by us. The server user needs it as its own,
         # and root clients reach the socket inside whatever its permissions are.
         if self._server_user is not None:
-            os.chown(self.root_dir, self._server_user.pw_uid, self._server_user.pw_gid)
+            os.chown(paths.root_dir, self._server_user.pw_uid, self._server_user.pw_gid)
 
             # A directory above that is closed to the server user makes initdb fail with a bare
             # "Permission denied", so the access is probed first for a clearer message. Without
             # test(1) on PATH, the caller gets that initdb error.
             test_program = shutil.which("test")
-            probe_argv = [test_program, "-w", self.root_dir, "-a", "-x", self.root_dir]
-            if test_program and self.run_as_server_user(probe_argv, check=False).returncode != 0:
-                raise ClusterError(
-                    f"the {SERVER_USER!r} user cannot enter {self.root_dir!r}, because a directory "
-                    f"above it is closed to that user; pass a base_dir that {SERVER_USER!r} can reach"
-                )
+            if test_program is not None:
+                probe_argv = [test_program, "-w", paths.root_dir, "-a", "-x", paths.root_dir]
+                if self.run_as_server_user(probe_argv, check=False).returncode != 0:
+                    raise ClusterError(
+                        f"the {SERVER_USER!r} user cannot enter {paths.root_dir!r}, because a directory "
+                        f"above it is closed to that user; pass a base_dir that {SERVER_USER!r} can reach"
+                    )
 
     def _start_watchdog(self) -> None:
+        paths = self._started_paths()
         server_user = self._server_user.pw_name if self._server_user is not None else ""
         self._watchdog = subprocess.Popen(
             [
                 sys.executable, "-c", _WATCHDOG_SOURCE,
-                os.path.join(self.bindir, "pg_ctl"), server_user, self.root_dir, self.data_dir,
+                os.path.join(self.bindir, "pg_ctl"), server_user, paths.root_dir, paths.data_dir,
             ],
             stdin=subprocess.PIPE,
             # Not our stdout or stderr, so that a parent that reads them until EOF is not held
@@ -696,6 +725,7 @@ class PostgresCluster:
             return
 
         self._send_to_watchdog("detach")
+        assert self._watchdog.stdin is not None  # _start_watchdog opens it with stdin=PIPE
         try:
             self._watchdog.stdin.close()
         except BrokenPipeError:
@@ -711,7 +741,7 @@ class PostgresCluster:
     def _initdb(self) -> None:
         self.run_as_server_user(
             [
-                "initdb", "-D", self.data_dir, "-A", "trust", "-U", SERVER_USER,
+                "initdb", "-D", self._started_paths().data_dir, "-A", "trust", "-U", SERVER_USER,
                 "-E", self.encoding, f"--locale={self.locale}", "--no-sync",
             ]
         )
@@ -722,14 +752,14 @@ class PostgresCluster:
     def _write_settings(self, settings: Dict[str, object]) -> None:
         # Appended lines override earlier ones, including those of a copied postgresql.conf.
         lines = [f"{name} = {_quote_setting_value(value)}\n" for name, value in settings.items()]
-        with open(os.path.join(self.data_dir, "postgresql.conf"), "a") as conf:
+        with open(os.path.join(self._started_paths().data_dir, "postgresql.conf"), "a") as conf:
             conf.write("\n# Added by hermes_lite.testing\n")
             conf.writelines(lines)
 
     def _allow_local_replication(self) -> None:
         # initdb -A trust writes "local replication all trust" in PostgreSQL 10 and later; the
         # line is added for any build whose template lacks it, because pg_basebackup needs it.
-        hba_path = os.path.join(self.data_dir, "pg_hba.conf")
+        hba_path = os.path.join(self._started_paths().data_dir, "pg_hba.conf")
         with open(hba_path) as hba:
             entries = [line.split() for line in hba if line.strip() and not line.lstrip().startswith("#")]
         if ["local", "replication", "all", "trust"] in entries:
@@ -739,7 +769,7 @@ class PostgresCluster:
             hba.write("local replication all trust\n")
 
     def _start_server(self) -> None:
-        self._run_pg_ctl_with_log("start", "-w", "-l", self.log_file)
+        self._run_pg_ctl_with_log("start", "-w", "-l", self._started_paths().log_file)
         logger.info(
             "started PostgreSQL server in %s, pid %s, socket %s port %s",
             self.data_dir, self.postmaster_pid, self.socket_dir, self.port,
@@ -747,14 +777,15 @@ class PostgresCluster:
 
     def _run_pg_ctl_with_log(self, *args: str) -> None:
         """Run pg_ctl and, when it fails, raise ClusterError with the tail of the server log."""
+        log_file = self._started_paths().log_file
         try:
             self.pg_ctl(*args)
         except ClusterError as exc:
-            raise ClusterError(f"{exc}\nlast lines of {self.log_file}:\n{self._read_log_tail()}") from exc
+            raise ClusterError(f"{exc}\nlast lines of {log_file}:\n{self._read_log_tail(log_file)}") from exc
 
-    def _read_log_tail(self) -> str:
+    def _read_log_tail(self, log_file: str) -> str:
         try:
-            with open(self.log_file, errors="replace") as log:
+            with open(log_file, errors="replace") as log:
                 return "".join(log.readlines()[-LOG_TAIL_LINES:])
         except OSError as exc:
             return f"(server log unreadable: {exc})"

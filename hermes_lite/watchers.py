@@ -7,7 +7,7 @@ Both report events with ``event_type`` ("created", "deleted", "modified"), ``src
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ class PollingWatcher(threading.Thread):
         return snapshot
 
 
-def _diff(directory: str, before: Dict[str, Tuple[bool, _Signature]], after: Dict[str, Tuple[bool, _Signature]]) -> list:
-    events = []
+def _diff(directory: str, before: Dict[str, Tuple[bool, _Signature]], after: Dict[str, Tuple[bool, _Signature]]) -> List[FileEvent]:
+    events: List[FileEvent] = []
     for name in sorted(before.keys() - after.keys()):
         events.append(FileEvent("deleted", os.path.join(directory, name), before[name][0]))
     for name in sorted(after.keys() - before.keys()):
@@ -99,7 +99,9 @@ def start_observer(directory: str, callback: Callable[[Any], None], use_watchdog
                 raise
         else:
             handler = FileSystemEventHandler()
-            handler.on_any_event = callback  # type: ignore[method-assign]
+            # mypy rejects assigning to a method, and compares the callback with the unbound
+            # on_any_event(self, event); the instance attribute is what watchdog calls.
+            handler.on_any_event = callback  # type: ignore[method-assign,assignment]
             observer = Observer()
             observer.schedule(handler, directory, recursive=False)
             observer.start()
