@@ -85,3 +85,12 @@ def test_describe_masks_dict_password():
 
     assert SECRET not in text
     assert "host=db" in text
+
+
+def test_connection_parameters_pass_through():
+    conninfo = to_conninfo("host=/tmp sslmode=disable application_name=hermes target_session_attrs=read-write")
+
+    keywords = parse_dsn(conninfo)
+    assert keywords["sslmode"] == "disable"
+    assert keywords["application_name"] == "hermes"
+    assert keywords["target_session_attrs"] == "read-write"

@@ -470,3 +470,16 @@ def test_module_flag_pure():
 @pytest.mark.skipif(not C_EXTENSION_AVAILABLE, reason="the C listener extension is not built")
 def test_module_flag_default_c():
     assert default_implementation() == "c"
+
+
+@pytest.mark.timeout(60)
+def test_pg_environment_fills_missing_dsn_values(postgres_cluster, implementation, monkeypatch):
+    # libpq reads PGHOST and PGPORT for keywords the DSN leaves out, in both implementations.
+    monkeypatch.setenv("PGHOST", postgres_cluster.socket_dir)
+    monkeypatch.setenv("PGPORT", str(postgres_cluster.port))
+
+    with running_listener("dbname=postgres user=postgres", "env_ch", implementation) as (_listener, reader):
+        [gap] = collect(reader, 1)
+
+    assert gap.is_gap
+    assert gap.reason == "start"
