@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parser(commands)
     _add_demo_parser(commands)
     _add_bench_parser(commands)
+
+    # The logging options are accepted after the command too; there they override the ones
+    # before it, and when absent leave those in place.
+    for command in commands.choices.values():
+        command.add_argument("--log-level", default=argparse.SUPPRESS, help="as before the command")
+        command.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS, help="as before the command")
     return parser
 
 
@@ -247,7 +253,8 @@ def _configure_logging(level: str, log_format: str) -> None:
 
 def _listen(arguments: argparse.Namespace) -> int:
     from .listeners import PostgresNotificationListener
-    from .pipes import PipeClosed, drain_wake_fd, notification_pipe
+    from .notifications import Batch
+    from .pipes import PipeClosed, drain_wake_fd, notification_pipe, wait_readable
 
     reader, writer = notification_pipe()
     listener = PostgresNotificationListener(
@@ -273,8 +280,11 @@ def _listen(arguments: argparse.Namespace) -> int:
             wait = None if deadline is None else deadline - time.monotonic()
             if wait is not None and wait <= 0:
                 break
+            # The listener's sentinel is watched too: a listener stopped by a fatal error
+            # (a rejected role or database) must end the command, not leave it waiting.
+            ready = wait_readable([reader.fileno(), wake_read, listener.sentinel], wait)
             try:
-                batch = reader.read_batch(timeout=wait, wake_fd=wake_read)
+                batch = reader.read_batch(timeout=0, wake_fd=wake_read) if reader.fileno() in ready else Batch()
             except PipeClosed:
                 return EXIT_FAILED
             if not listener.is_alive():

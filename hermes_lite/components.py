@@ -220,6 +220,13 @@ class Component:
                     f"({type(error).__name__}: {error}); create it in set_up() instead, or use the fork start method"
                 ) from None
 
+    @property
+    def sentinel(self) -> int:
+        """A descriptor that becomes readable when the process ends; raises ValueError before start."""
+        if self._process is None:
+            raise ValueError(f"{self.name} has not been started")
+        return int(self._process.sentinel)
+
     def is_alive(self) -> bool:
         """Return True while the component's process runs; False before start."""
         return self._process is not None and self._process.is_alive()

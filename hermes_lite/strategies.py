@@ -57,7 +57,7 @@ class CommonErrorStrategy(AbstractErrorStrategy):
             text = str(error).lower()
             if any(fragment in text for fragment in _CONFIGURATION_FAILURES) or _MISSING_OBJECT in text:
                 return True, f"connection settings rejected by the server, stopping: {message}; fix the DSN"
-            return False, f"connection lost, reconnecting: {message}"
+            return False, f"connection failed or lost, reconnecting: {message}"
 
         if isinstance(error, ListenerQueryError):
             return False, f"the server rejected a listener command, retrying: {message}"

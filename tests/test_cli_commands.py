@@ -175,3 +175,26 @@ def test_log_format_json(postgres_cluster):
     for record in records:
         assert set(record) >= {"time", "level", "logger", "process", "message"}
     assert all(record["level"] == "INFO" for record in records)
+
+
+@pytest.mark.timeout(60)
+def test_listen_exits_when_listener_stops_for_good(postgres_cluster):
+    dsn = f"host={postgres_cluster.socket_dir} port={postgres_cluster.port} dbname=postgres user=nosuchrole"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "hermes_lite", "listen", "--dsn", dsn, "--count", "1", "ch"],
+        capture_output=True, text=True, timeout=50,
+    )
+
+    assert result.returncode == 1
+    assert "nosuchrole" in result.stderr
+    assert "the listener stopped" in result.stderr
+
+
+def test_log_options_accepted_after_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "hermes_lite", "listen", "--help", "--log-format", "json"],
+        capture_output=True, text=True, timeout=50,
+    )
+
+    assert result.returncode == 0
