@@ -19,6 +19,7 @@ from .exceptions import InvalidConfigurationException
 from .notifications import Batch, Gap
 from .pipes import drain_wake_fd, make_source, wait_readable
 from .repeats import RepeatLimiter
+from .strategies import CommonErrorStrategy, is_connection_error
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Component:
         error_queue: Any = None,
         backoff_limit: float = 16,
     ) -> None:
-        validate_backoff_limit(backoff_limit)
+        validate_seconds("backoff_limit", backoff_limit)
         if error_strategy is not None and not callable(getattr(error_strategy, "handle_exception", None)):
             raise InvalidConfigurationException(
                 f"invalid error_strategy {error_strategy!r}: expected an object with "
@@ -331,8 +332,6 @@ class Component:
     def _handle_error(self, error: Exception) -> Tuple[bool, str]:
         strategy = self.error_strategy
         if strategy is None:
-            from .strategies import CommonErrorStrategy
-
             strategy = self.error_strategy = CommonErrorStrategy()
 
         try:
@@ -346,7 +345,7 @@ class Component:
         if should_stop:
             logger.error("%s: %s", self.name, message)
         else:
-            self._log_repeated(message, exc_info=not _is_expected(error))
+            self._log_repeated(message, exc_info=not is_connection_error(error))
 
         self._report(message, bool(should_stop))
         return bool(should_stop), message
@@ -417,18 +416,10 @@ def _is_multiprocessing_object(value: Any) -> bool:
     return isinstance(value, (NotificationReader, NotificationWriter))
 
 
-def validate_backoff_limit(backoff_limit: Any) -> None:
-    """Raise InvalidConfigurationException unless ``backoff_limit`` is a positive number of seconds."""
-    if isinstance(backoff_limit, bool) or not isinstance(backoff_limit, (int, float)) or not backoff_limit > 0:
-        raise InvalidConfigurationException(
-            f"invalid backoff_limit {backoff_limit!r}: expected a positive number of seconds, such as 16"
-        )
-
-
-def _is_expected(error: Exception) -> bool:
-    from .strategies import _is_connection_error
-
-    return _is_connection_error(error)
+def validate_seconds(name: str, value: Any) -> None:
+    """Raise InvalidConfigurationException, naming ``name``, unless ``value`` is a positive number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidConfigurationException(f"invalid {name} {value!r}: expected a positive number of seconds, such as 16")
 
 
 def _run_component(component: Component) -> None:

@@ -13,13 +13,13 @@ import threading
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from . import frames
-from .components import Component
+from .components import Component, validate_seconds
 from .connectors import PostgresConnector
 from .drain import DRAIN_CONNECTION_LOST, DRAIN_PIPE_CLOSED, DRAIN_TIMEOUT, DRAIN_WOKEN
 from .dsn import LISTENER_CONNECTION_DEFAULTS, to_conninfo
 from .exceptions import InvalidConfigurationException, ListenerConnectionError, ListenerQueryError
 from .pipes import NotificationReader, NotificationWriter, PipeClosed, drain_wake_fd, send_item
-from .strategies import _is_connection_error
+from .strategies import is_connection_error
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class PostgresNotificationListener(Component):
             ("health_check_timeout", health_check_timeout),
             ("reconnect_backoff_limit", reconnect_backoff_limit),
         ):
-            _validate_seconds(name, value)
+            validate_seconds(name, value)
         if max_reconnect_attempts is not None and (
             isinstance(max_reconnect_attempts, bool) or not isinstance(max_reconnect_attempts, int) or max_reconnect_attempts < 1
         ):
@@ -292,7 +292,7 @@ class PostgresNotificationListener(Component):
             logger.warning("%s could not terminate its unresponsive previous backend %s: %s", self.name, pid, error)
 
     def _handle_error(self, error: Exception) -> Any:
-        if not _is_connection_error(error):
+        if not is_connection_error(error):
             return super()._handle_error(error)
 
         self._failed_attempts += 1
@@ -308,7 +308,7 @@ class PostgresNotificationListener(Component):
 
     def next_backoff(self, error: Exception) -> float:
         """Return the delay before the next connection attempt, or the Component backoff for other errors."""
-        if not _is_connection_error(error):
+        if not is_connection_error(error):
             return super().next_backoff(error)
 
         # Jitter spreads the reconnections of many listeners after a server restart.
@@ -339,11 +339,6 @@ class PostgresNotificationListener(Component):
         # descriptor that the drain loop writes to.
         self._bridge_writer = NotificationWriter(write_end)
         return self._bridge_writer.prepare()
-
-
-def _validate_seconds(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise InvalidConfigurationException(f"invalid {name} {value!r}: expected a positive number of seconds")
 
 
 def _forward_items(reader: NotificationReader, sink: Any) -> None:

@@ -63,32 +63,6 @@ def drain_wake_fd(wake_fd: int) -> None:
             return
 
 
-def write_all(fd: int, data: bytes, wake_fd: int) -> bool:
-    """Write all of ``data`` to the non-blocking pipe ``fd``, waiting while the pipe is full.
-
-    Returns False, with part of the data possibly written, if ``wake_fd`` became readable
-    first. Raises PipeClosed if no reader is left.
-    """
-    view = memoryview(data)
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    poller.register(wake_fd, select.POLLIN)
-
-    while view:
-        try:
-            written = os.write(fd, view)
-            view = view[written:]
-            continue
-        except BlockingIOError:
-            pass
-        except BrokenPipeError:
-            raise PipeClosed("the processor's end of the notification pipe is closed") from None
-
-        if wake_fd in dict(poller.poll()):
-            return False
-    return True
-
-
 class NotificationWriter:
     """The listener's end of a notification pipe."""
 
@@ -110,10 +84,6 @@ class NotificationWriter:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         enlarge_pipe(fd)
         return fd
-
-    def write(self, data: bytes, wake_fd: int) -> bool:
-        """Write all of ``data``; see ``write_all``."""
-        return write_all(self.fileno(), data, wake_fd)
 
     def close(self) -> None:
         """Close this end of the pipe."""

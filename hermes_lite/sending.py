@@ -37,16 +37,11 @@ def notify(conn_or_dsn: Any, channel: str, payload: str = "") -> None:
 
     from .connectors import PostgresConnector
 
-    connector = PostgresConnector(_as_dsn(conn_or_dsn))
+    connector = PostgresConnector(conn_or_dsn)
     try:
         _send(connector.pg_connection, channel, payload)
     finally:
         connector.disconnect()
-
-
-def _as_dsn(value: Any) -> DSN:
-    dsn: DSN = value  # validated by PostgresConnector
-    return dsn
 
 
 def _send(connection: Any, channel: str, payload: str) -> None:

@@ -53,7 +53,7 @@ class CommonErrorStrategy(AbstractErrorStrategy):
         if isinstance(error, InvalidConfigurationException):
             return True, f"invalid configuration, stopping: {message}"
 
-        if _is_connection_error(error):
+        if is_connection_error(error):
             text = str(error).lower()
             if any(fragment in text for fragment in _CONFIGURATION_FAILURES) or _MISSING_OBJECT in text:
                 return True, f"connection settings rejected by the server, stopping: {message}; fix the DSN"
@@ -65,7 +65,8 @@ class CommonErrorStrategy(AbstractErrorStrategy):
         return False, f"unexpected error, retrying: {message}"
 
 
-def _is_connection_error(error: BaseException) -> bool:
+def is_connection_error(error: BaseException) -> bool:
+    """Return whether ``error`` is a failed or lost connection rather than a failed command."""
     if isinstance(error, ListenerConnectionError):
         return True
 
