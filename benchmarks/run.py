@@ -196,7 +196,7 @@ class ClientProcess:
 
 @dataclass
 class Context:
-    """What every run needs: the cluster's connection parameters and the compiled C client."""
+    """Settings every run needs: the cluster's connection parameters and the compiled C client."""
 
     conninfo: str
     connect: Dict[str, Any]

@@ -19,8 +19,8 @@
 
 /* Frame layout of hermes_lite/frames.py: a little-endian header "<2sBBHHiI" (magic 0xFE 0x4E,
  * kind, flags, channel length, reserved 0, pid, payload length), then the channel bytes, then
- * the payload bytes. A batch frame carries many notifications: its pid field is their count,
- * and its payload is a u32 size of the channel section, the pids as int32, the channels, then
+ * the payload bytes. A batch frame carries many notifications, and its pid field is their
+ * count. Its payload is a u32 size of the channel section, the pids as int32, the channels, then
  * the payloads, each channel and payload followed by a NUL byte (text in PostgreSQL never
  * contains NUL, so the reader can split on it). */
 #define FRAME_HEADER_SIZE 16
@@ -655,7 +655,7 @@ int hl_listener_ping(hl_listener *listener, int timeout_ms)
         int64_t remaining;
         int ready;
 
-        /* Any result counts, an error too: the check asks whether the server answers. */
+        /* Any result counts, an error too, because the check only tests whether the server responds. */
         while (!PQisBusy(listener->conn)) {
             PGresult *result = PQgetResult(listener->conn);
             if (result == NULL)

@@ -86,9 +86,9 @@ const char *hl_listener_error_message(const hl_listener *listener);
 /* Returns the number of notifications framed since hl_listener_new. */
 uint64_t hl_listener_received(const hl_listener *listener);
 
-/* Checks that the server answers: sends an empty query and waits up to `timeout_ms` for its
+/* Checks that the server responds: sends an empty query and waits up to `timeout_ms` for its
  * result. Notifications that arrive meanwhile stay in libpq's list for the next drain.
- * Returns HL_OK, or HL_DRAIN_CONNECTION_LOST with the reason set (including no answer in
+ * Returns HL_OK, or HL_DRAIN_CONNECTION_LOST with the reason set (including no response in
  * time, which is how a half-open connection or a stopped backend shows). */
 int hl_listener_ping(hl_listener *listener, int timeout_ms);
 

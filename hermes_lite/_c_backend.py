@@ -89,9 +89,9 @@ class CBackend:
         return int(lib.hl_listener_received(self._listener))
 
     def ping(self, timeout_ms: int) -> int:
-        """Check that the server answers within ``timeout_ms``; return 0 or DRAIN_CONNECTION_LOST.
+        """Check that the server responds within ``timeout_ms``; return 0 or DRAIN_CONNECTION_LOST.
 
-        On DRAIN_CONNECTION_LOST ``error_message`` says why. Raises ListenerConnectionError
+        On DRAIN_CONNECTION_LOST ``error_message`` gives the reason. Raises ListenerConnectionError
         when not connected, OSError when poll() fails.
         """
         self._require_connection()

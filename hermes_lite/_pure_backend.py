@@ -1,8 +1,8 @@
 """The pure-Python listener backend over psycopg2, used where the C extension is not built.
 
-It follows the same contract as the C backend (see ``drain``): wait with poll() on the
-connection, the notification pipe and the wake descriptor; read input; frame every
-notification; stop reading the socket while the pipe is full.
+It follows the same contract as the C backend (see ``drain``). It waits with poll() on the
+connection, the notification pipe and the wake descriptor, reads input and frames every
+notification. While the pipe is full it stops reading the socket.
 """
 
 import errno
@@ -23,7 +23,7 @@ from .exceptions import ListenerConnectionError, ListenerQueryError
 logger = logging.getLogger(__name__)
 
 BATCH_MAX_ITEMS = 16384
-"""Most notifications in one batch frame, as in the C listener."""
+"""Maximum number of notifications in one batch frame, as in the C listener."""
 
 BATCH_MAX_BODY = 512 * 1024
 """Largest batch frame body in bytes, as in the C listener; half the reader's frame limit."""
@@ -37,7 +37,7 @@ class PythonBackend:
 
     The connection is a psycopg2 asynchronous connection, because only that mode lets a
     connection attempt, a command or a health check give up at a deadline instead of
-    blocking on a server that stopped answering.
+    blocking on a server that stopped responding.
     """
 
     def __init__(self, conninfo: str) -> None:
@@ -108,7 +108,7 @@ class PythonBackend:
             cursor.close()
 
     def ping(self, timeout_ms: int) -> int:
-        """Check that the server answers within ``timeout_ms``; return 0 or DRAIN_CONNECTION_LOST.
+        """Check that the server responds within ``timeout_ms``; return 0 or DRAIN_CONNECTION_LOST.
 
         Notifications that arrive meanwhile are framed by the next ``drain()``.
         """
@@ -148,7 +148,7 @@ class PythonBackend:
             if deadline is not None:
                 timeout_ms = int((deadline - time.monotonic()) * 1000)
                 if timeout_ms <= 0:
-                    raise ListenerConnectionError(f"{operation} timed out: no answer from the server")
+                    raise ListenerConnectionError(f"{operation} timed out: the server did not respond")
             poller.poll(timeout_ms)
 
     @property

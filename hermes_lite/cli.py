@@ -399,8 +399,8 @@ def load_processor_class(spec: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        # Only the spec's own module (or a parent package) missing is a bad spec; a module
-        # that the user's module imports and is missing is an import failure of that module.
+        # A missing module named in the spec (or its parent package) makes the spec invalid.
+        # A missing module that the user's module imports is an import failure of that module.
         if error.name is not None and (module_name == error.name or module_name.startswith(error.name + ".")):
             raise InvalidConfigurationException(
                 f"invalid processor {spec!r}: module {module_name!r} not found on sys.path; "
@@ -497,7 +497,7 @@ def _demo(arguments: argparse.Namespace) -> int:
 
 
 class BenchResult(NamedTuple):
-    """What one client library received of the burst, and how fast."""
+    """Result of one client library draining the burst: count, order and rate."""
 
     client: str
     sent: int

@@ -69,10 +69,10 @@ class Client:
     stuck listener fills the queue, and once it is full every NOTIFY fails."""
 
     use_watchdog: Optional[bool] = None
-    """How ``watch_path`` is watched: None uses watchdog when installed, False always polls with os.stat."""
+    """The watcher of ``watch_path``: None uses watchdog when installed, False always polls with os.stat."""
 
     role_check_backoff_limit = 32.0
-    """Longest wait, in seconds, between role checks while the server cannot be reached.
+    """Maximum wait, in seconds, between role checks while the server cannot be reached.
 
     A failed check is retried after 0.5 s, then after twice the previous wait up to this limit.
     """
@@ -85,7 +85,7 @@ class Client:
     """
 
     restart_backoff_limit = 16.0
-    """Longest wait, in seconds, before restarting a component that crashed."""
+    """Maximum wait, in seconds, before restarting a component that crashed."""
 
     restart_backoff_reset = 60.0
     """Seconds a restarted component must run before its next crash counts as a first one."""
@@ -191,10 +191,13 @@ class Client:
         self._event_hooks.append(hook)
 
     def stats(self) -> Dict[str, Any]:
-        """Return the counters: notifications delivered to the processor, batches, gaps,
-        the time of the last notification (seconds since the epoch, None before the first),
-        reconnects, failed connection attempts, component restarts, role changes and the
-        last sampled queue usage (pg_notification_queue_usage(), None before the first)."""
+        """Return the counters as a dict.
+
+        The processor counts notifications delivered, batches, gaps and the time of the last
+        notification (seconds since the epoch, None before the first). The supervisor counts
+        reconnects, failed connection attempts, component restarts and role changes, and keeps
+        the last sample of pg_notification_queue_usage() (None before the first).
+        """
         stats = dict(self._stats)
         counters = self.processor.counters if self.processor is not None else None
         if counters is not None:
@@ -498,7 +501,7 @@ class Client:
             try:
                 os.write(self._wake_write, b"\0")
             except BlockingIOError:
-                pass  # the pipe already holds a wakeup
+                pass  # the pipe already contains a wakeup
 
     def _handle_stop_signal(self, signum: int, frame: Any) -> None:
         # The first signal only sets a flag and wakes the loop, which stops the components

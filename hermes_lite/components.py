@@ -46,7 +46,7 @@ class ComponentEvent(NamedTuple):
 
     ``kind`` is "connected", "reconnected", "disconnected" or "connection_attempt_failed"
     from a listener, and "component_restarted" or "role_changed" from the supervisor;
-    ``detail`` says more (an error message, a role).
+    ``detail`` gives an error message or a role.
     """
 
     component: str
@@ -68,7 +68,7 @@ class Component:
 
     Every constructor argument may be left out: ``Client.add_listener`` and
     ``Client.add_processor`` then wire the notification pipe, a shared error queue and a
-    CommonErrorStrategy. ``backoff_limit`` is the longest wait, in seconds, between two
+    CommonErrorStrategy. ``backoff_limit`` is the maximum wait, in seconds, between two
     attempts after errors; InvalidConfigurationException is raised if it is not a positive
     number.
 

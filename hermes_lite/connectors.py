@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 _inherited_connections: List[psycopg2.extensions.connection] = []
 
 CONNECT_TIMEOUT_SECONDS = "10"
-"""libpq's connect_timeout unless the DSN sets one, so that an unreachable host never hangs a check."""
+"""libpq's connect_timeout unless the DSN sets one; it bounds each connection attempt of a role check."""
 
 
 class PostgresConnector:

@@ -22,7 +22,7 @@ RESULT_TIMEOUT = 300.0
 
 
 class DemoResult(NamedTuple):
-    """What the demo measured."""
+    """Measurements of one demo run."""
 
     sent: int
     received: int
@@ -63,7 +63,7 @@ class CountingProcessor(Component):
         self.next_number = next_number
         self.received += len(batch.payloads)
 
-        # One report per batch: cheap, and the demo can say how many arrived if some are missing.
+        # One report per batch is cheap, and it lets the demo report how many arrived if some are missing.
         kind = "done" if self.received >= self.expected else "progress"
         self.reports.put((kind, self.received, self.in_order, time.monotonic()))
         if kind == "done":

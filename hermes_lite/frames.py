@@ -5,7 +5,7 @@ Each frame is a 16-byte little-endian header followed by the channel and the pay
     magic (2 bytes, 0xFE 0x4E), kind (u8), flags (u8), channel length (u16), reserved (u16, 0),
     pid (i32), payload length (u32)
 
-A batch frame (kind 4) carries many notifications: its pid field is their count, and its payload
+A batch frame (kind 4) carries many notifications, and its pid field is their count. Its payload
 is a u32 size of the channel section, the pids as little-endian int32, then every channel and
 then every payload, each followed by a NUL byte. PostgreSQL text never contains NUL, so the
 reader decodes each section with one call and splits it on NUL.

@@ -1,6 +1,6 @@
 """PostgresNotificationListener: the component that LISTENs and feeds the notification pipe.
 
-``IMPLEMENTATION`` says which drain loop runs by default: "c" (the cffi extension in
+``IMPLEMENTATION`` names the drain loop that runs by default: "c" (the cffi extension in
 ``hermes_lite._listener``) when it is built, otherwise "python" (psycopg2). Setting the
 environment variable ``HERMES_LITE_PURE=1`` before import forces "python".
 """
@@ -117,7 +117,7 @@ class PostgresNotificationListener(Component):
     chooses the drain loop, "c" or "python"; None uses the module's IMPLEMENTATION.
 
     After ``health_check_interval`` seconds without input the listener sends the server an
-    empty query; no answer within ``health_check_timeout`` seconds counts as a lost
+    empty query. No response within ``health_check_timeout`` seconds counts as a lost
     connection, which catches half-open TCP links and stopped backends. Checks cost nothing
     while notifications flow. A lost connection is retried after a jittered delay that
     doubles from about 0.1 s up to ``reconnect_backoff_limit`` seconds and resets after a
@@ -277,9 +277,9 @@ class PostgresNotificationListener(Component):
     def _terminate_stale_backend(self) -> None:
         """End the backend of a connection that failed its health check, if it still exists.
 
-        A backend that stopped answering (a half-open link, a stopped process) still LISTENs,
-        and the server cannot free notification queue space that it has not read: the queue
-        fills and then every NOTIFY fails. Terminating it needs the same role or
+        A backend that stopped responding (a half-open link, a stopped process) still LISTENs,
+        and the server cannot free notification queue space that it has not read. The queue
+        then fills, and once it is full every NOTIFY fails. Terminating it needs the same role or
         pg_signal_backend, so a failure is only logged.
         """
         pid, self._stale_backend_pid = self._stale_backend_pid, None

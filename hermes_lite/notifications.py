@@ -1,4 +1,4 @@
-"""What a processor receives: notifications and gap signals."""
+"""Values a processor receives: notifications, gap signals and the batches that carry them."""
 
 import codecs
 from itertools import repeat
@@ -52,8 +52,8 @@ _new_tuple = tuple.__new__
 class Batch(Sequence[Item]):
     """What a processor receives per iteration: an optional Gap, then notifications in order.
 
-    It is a sequence of Gap and Notification values, and also keeps the notifications as
-    three columns, ``channels``, ``payloads`` and ``pids``: a processor that reads these lists
+    It is a sequence of Gap and Notification values. It also keeps the notifications as three
+    columns, ``channels``, ``payloads`` and ``pids``. A processor that reads these lists
     directly skips building one Notification object per notification, which costs more than
     receiving it. A gap only ever starts a batch, so ``gap`` (None when there is none) is
     what comes before every notification of the batch.

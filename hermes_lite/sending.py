@@ -21,7 +21,7 @@ def notify(conn_or_dsn: Any, channel: str, payload: str = "") -> None:
     for a connection opened and closed here. The channel and payload travel as query
     parameters, never as SQL text. Raises InvalidConfigurationException before sending for
     an invalid channel, a payload that is not a str or contains NUL, or a payload of 8000
-    bytes or more in the server encoding; psycopg2.Error if the server fails the call.
+    bytes or more in the server encoding. Raises psycopg2.Error if the server fails the call.
     """
     validate_channel(channel)
     if not isinstance(payload, str):

@@ -730,7 +730,7 @@ def test_half_open_tcp_reconnects(postgres_cluster, implementation, senders):
         with running_listener(dsn, CHANNEL, implementation, **FAST_HEALTH_CHECK) as (_, reader):
             old_pid = wait_for_start(reader).pid
             items = run_fault(reader, sender, lambda: paused.append(proxy.pause()), reconnect_deadline=limit)
-            # The paused proxy still holds the old connection open, so only the listener's
+            # The paused proxy keeps the old connection open, so only the listener's
             # pg_terminate_backend can end the old backend, which would otherwise keep the
             # server's notification queue from being freed.
             old_backend_ended = wait_for_backend_exit(postgres_cluster, old_pid)

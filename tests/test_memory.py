@@ -46,7 +46,7 @@ class MeasuringProcessor(Component):
         self.received += len(batch.payloads)
         self.largest_batch = max(self.largest_batch, len(batch.payloads))
         assert all(len(payload) == PAYLOAD_BYTES for payload in batch.payloads)
-        # Slower than the listener, so that the pipe fills and backpressure holds the rest.
+        # Slower than the listener, so that the pipe fills and backpressure keeps the rest in the server.
         time.sleep(0.002)
 
         if self.received >= COUNT:
